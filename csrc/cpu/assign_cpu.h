@@ -1,0 +1,60 @@
+// CPU executors: the same per-row steps as the CUDA kernels, calling csrc/core, threaded over rows.
+#pragma once
+
+#include <cstdint>
+
+#include "core/hermes_core.h"
+
+namespace hermes {
+namespace cpu {
+
+// inv_s[n] = 1/||W x_n + b|| (folded path, orthogonal W) in the row_norms kernel's lane order.
+// Returns the first row with a non-finite entry, or -1.
+int64_t row_norms(const float* x,    // [N, d], row stride ldx
+                  int64_t n, int64_t d, int64_t ldx,
+                  const float* wtb,  // [d] W^T b
+                  float bb, bool normalize,
+                  float* inv_s,      // [N] out
+                  int nthreads);
+
+// Scales each row of h to unit norm (when normalize) in the normalize kernel's lane order.
+// Returns the first row with a non-finite entry, or -1.
+int64_t normalize_rows(float* h,  // [N, d], row stride ldh, in place
+                       int64_t n, int64_t d, int64_t ldh, bool normalize, int nthreads);
+
+// codes[n, p.level] = argmax_k column_score(g[n, k]) given the GEMM block g = A B_l.
+void argmin_level(const float* g,        // [N, K], row stride ldg
+                  int64_t ldg,
+                  const core::LevelParams& p,
+                  const float* inv_s,    // [N] or nullptr (= 1)
+                  int64_t n,
+                  int32_t* codes,        // [N, L]: reads columns < level, writes column level
+                  int nthreads);
+
+// r[n] -= C[codes[n, level]] (explicit path).
+void subtract_codeword(float* r,               // [N, d], row stride ldr
+                       int64_t n, int64_t d, int64_t ldr,
+                       const float* C,         // [K, d]
+                       const int32_t* codes,   // [N, L]
+                       int L, int level, int nthreads);
+
+// Kernel-order reference executors: the dot products in the kernel's k order (one fmaf per k),
+// for bit-exact comparison with the CUDA kernels (run on a GPU or under the SIMT emulator).
+void gemm_argmin_exact(const float* a,   // [N, d], row stride lda
+                       int64_t n, int64_t d, int64_t lda,
+                       const float* b,   // [d, K], row stride ldb
+                       int64_t ldb,
+                       const core::LevelParams& p,
+                       const float* inv_s,  // [N] or nullptr
+                       int32_t* codes, int nthreads);
+
+// h = x W^T + b (no normalization), dot products in the kernel's k order.
+void affine_exact(const float* x,  // [N, d], row stride ldx
+                  int64_t n, int64_t d, int64_t ldx,
+                  const float* wt,  // [d, d] = W^T row-major
+                  const float* b,   // [d]
+                  float* h,         // [N, d] contiguous
+                  int nthreads);
+
+}  // namespace cpu
+}  // namespace hermes

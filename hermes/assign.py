@@ -1,0 +1,324 @@
+"""assign_codes, transform, decode and quantization_error: thin wrappers over the CPU and CUDA executors.
+
+Codes are ``int32`` arrays ``[N, L]``: column l holds the stage-l codeword index in ``[0, K_l)``.
+numpy in gives numpy out; a torch tensor in gives a torch tensor out on the same device.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _backend
+from ._backend import _C
+from ._validate import check_codes, check_matrix, is_torch
+from .model import METRICS, Model
+
+CPU_BATCH = 8192
+CUDA_BATCH = 1 << 16
+_DTYPE_CODE = {"torch.float32": 0, "torch.float16": 1, "torch.bfloat16": 2}
+
+
+def _check_model(fn: str, model) -> Model:
+    if not isinstance(model, Model):
+        raise TypeError(f"{fn}: model must be a hermes.Model, got {type(model).__name__}")
+    return model
+
+
+def _nthreads() -> int:
+    import torch
+
+    return max(1, torch.get_num_threads())
+
+
+def _progress(total: int, enabled, desc: str):
+    from tqdm.auto import tqdm
+
+    disable = (total < (1 << 21)) if enabled is None else not enabled
+    return tqdm(total=total, unit="rows", unit_scale=True, desc=desc, disable=disable, leave=False)
+
+
+def _cpu_source(fn: str, x):
+    """Returns (get_batch(lo, hi) -> float32 C-contiguous numpy, N) without copying the whole input."""
+    if is_torch(x):
+        import torch
+
+        x = x.detach()
+        if x.dtype in (torch.float32, torch.float16, torch.float64):
+            x = x.numpy()
+        else:  # bfloat16 has no numpy dtype: convert per batch in torch
+            return (lambda lo, hi: x[lo:hi].float().contiguous().numpy()), x.shape[0]
+    return (lambda lo, hi: np.ascontiguousarray(x[lo:hi], dtype=np.float32)), x.shape[0]
+
+
+def _raise_bad_row(fn: str, row: int):
+    raise ValueError(f"{fn}: x row {row} contains NaN or Inf")
+
+
+# ------------------------------------------------------------------------------------------ CPU
+def _assign_cpu(fn, x, model: Model, batch_size, progress):
+    import torch
+
+    t = model._host_tables()
+    get, N = _cpu_source(fn, x)
+    L, metric, nt = model.L, METRICS[model.metric], _nthreads()
+    codes = np.zeros((N, L), dtype=np.int32)
+    M = torch.from_numpy(t.M)
+    with _progress(N, progress, "assign_codes") as bar:
+        for lo in range(0, N, batch_size):
+            hi = min(N, lo + batch_size)
+            xb = get(lo, hi)
+            cb = codes[lo:hi]
+            if t.folded:
+                inv_s = np.empty(hi - lo, dtype=np.float32)
+                bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
+                if bad >= 0:
+                    _raise_bad_row(fn, lo + bad)
+                g = torch.mm(torch.from_numpy(xb), M).numpy()
+                for l, K in enumerate(model.levels):
+                    o = t.offsets[l]
+                    _C.argmin_level_cpu(g, o, K, l, metric, t.beta[o:o + K], t.cterm[l], t.T[l], inv_s, cb, nt)
+            else:
+                r = _rotate_cpu(fn, xb, model, t, nt, lo)
+                rt = torch.from_numpy(r)
+                for l, K in enumerate(model.levels):
+                    o = t.offsets[l]
+                    g = torch.mm(rt, torch.from_numpy(t.Ct[:, o:o + K])).numpy()
+                    _C.argmin_level_cpu(g, 0, K, l, metric, None, t.cterm[l], [], None, cb, nt)
+                    if l + 1 < L:
+                        _C.subtract_codeword_cpu(r, t.C[l], cb, l, nt)
+            bar.update(hi - lo)
+    return codes
+
+
+def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int) -> np.ndarray:
+    """h = normalize(x W^T + b) for one float32 batch [B, d] (a new array)."""
+    import torch
+
+    if model.W is None:
+        h = xb + t.bias if model.b is not None else xb.copy()
+    else:
+        h = torch.addmm(torch.from_numpy(t.bias), torch.from_numpy(xb), torch.from_numpy(t.wt)).numpy()
+    bad = _C.normalize_rows_cpu(h, model.normalize, nt)
+    if bad >= 0:
+        _raise_bad_row(fn, row0 + bad)
+    return h
+
+
+# ----------------------------------------------------------------------------------------- CUDA
+def _cuda_ready(fn: str, x):
+    import torch
+
+    reason = _backend.cuda_unavailable_reason()
+    if reason:
+        raise RuntimeError(f"{fn}: x is a CUDA tensor but the CUDA path is unavailable: {reason}")
+    if x.dtype == torch.float64:
+        x = x.float()
+    if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
+        x = x.contiguous()  # the kernels read rows with a stride; columns must be dense
+    return x, _DTYPE_CODE[str(x.dtype)], torch.cuda.current_stream(x.device).cuda_stream
+
+
+def _check_finite_cuda(fn: str, inv_s, row0: int = 0):
+    import torch
+
+    bad = ~torch.isfinite(inv_s)
+    if bool(bad.any()):  # one device sync per call
+        _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]))
+
+
+def _rotate_cuda(x, dtype_code, n, ldx, model, t, stream, h, inv_s):
+    d = model.d
+    _C.affine_cuda(x.data_ptr(), dtype_code, n, d, ldx, t.wt.data_ptr(), t.bias.data_ptr(), h.data_ptr(), stream)
+    _C.normalize_rows_cuda(h.data_ptr(), n, d, d, model.normalize, inv_s.data_ptr(), stream)
+
+
+def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool):
+    import torch
+
+    x, dt, stream = _cuda_ready(fn, x)
+    with torch.cuda.device(x.device):
+        t = model._device_tables(x.device)
+        N, d, L = x.shape[0], model.d, model.L
+        metric = METRICS[model.metric]
+        codes = torch.empty((N, L), dtype=torch.int32, device=x.device)
+        inv_s = torch.empty((N,), dtype=torch.float32, device=x.device)
+        if N == 0:
+            return codes
+        ldx = x.stride(0)
+        if t.folded:
+            _C.row_norms_cuda(x.data_ptr(), dt, N, d, ldx, t.wtb.data_ptr(), t.bb, model.normalize,
+                              inv_s.data_ptr(), stream)
+            for l, K in enumerate(model.levels):
+                o = t.offsets[l]
+                _C.gemm_argmin_cuda(x.data_ptr(), dt, N, d, ldx, t.M.data_ptr() + 4 * o, t.M.stride(0), K, l, L,
+                                    metric, t.beta.data_ptr() + 4 * o, t.cterm[l].data_ptr(),
+                                    [m.data_ptr() for m in t.T[l]], inv_s.data_ptr(), codes.data_ptr(), stream)
+        else:
+            bs = batch_size
+            h = torch.empty((min(N, bs), d), dtype=torch.float32, device=x.device)
+            for lo in range(0, N, bs):
+                n = min(N, lo + bs) - lo
+                xp = x.data_ptr() + lo * ldx * x.element_size()
+                cp = codes.data_ptr() + lo * L * 4
+                _C.affine_cuda(xp, dt, n, d, ldx, t.wt.data_ptr(), t.bias.data_ptr(), h.data_ptr(), stream)
+                _C.normalize_rows_cuda(h.data_ptr(), n, d, d, model.normalize, inv_s.data_ptr() + 4 * lo, stream)
+                for l, K in enumerate(model.levels):
+                    o = t.offsets[l]
+                    _C.gemm_argmin_cuda(h.data_ptr(), 0, n, d, d, t.Ct.data_ptr() + 4 * o, t.Ct.stride(0), K, l, L,
+                                        metric, 0, t.cterm[l].data_ptr(), [], 0, cp, stream)
+                    if l + 1 < L:
+                        _C.subtract_codeword_cuda(h.data_ptr(), n, d, d, t.C[l].data_ptr(), cp, L, l, stream)
+        if check_finite:
+            _check_finite_cuda(fn, inv_s)
+    return codes
+
+
+# --------------------------------------------------------------------------------------- public
+def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=None, check_finite: bool = True):
+    """Labels every row of ``x`` with its residual-quantization code.
+
+    Args:
+        x: ``[N, d]`` embeddings: a numpy array (float32, float16 or float64; a memmap works and is read
+            batch by batch), a torch CPU tensor, or a torch CUDA tensor (float32, float16, bfloat16; used
+            zero-copy when its rows are dense, and the kernels run on ``torch.cuda.current_stream()``).
+        model: a :class:`hermes.Model`.
+        batch_size: rows per batch (CPU default 8192; on CUDA it bounds the scratch of the explicit path).
+        progress: show a progress bar (``None``: only for inputs of 2M rows or more).
+        check_finite: on CUDA, check for NaN/Inf rows (costs one device synchronization). On the CPU the
+            check is always made, at no cost.
+
+    Returns:
+        codes ``[N, L]`` int32: ``codes[n, l]`` is the stage-l codeword of row n. Each stage picks the
+        best codeword for the current residual of ``h = normalize(W x + b)`` under the model's metric;
+        ties go to the lowest index. numpy in gives numpy out; torch in gives torch out on x's device.
+
+    Raises:
+        TypeError / ValueError naming the argument for a bad ``x`` (integer dtype, not 2-d, wrong d,
+        NaN/Inf rows, naming the first bad row) or ``model``; RuntimeError for a CUDA tensor when the
+        CUDA path is unavailable (CPU-only build, no driver or no device).
+    """
+    fn = "assign_codes"
+    model = _check_model(fn, model)
+    check_matrix(fn, "x", x, model.d)
+    bs = _check_batch(fn, batch_size)
+    if is_torch(x) and x.device.type == "cuda":
+        return _assign_cuda(fn, x, model, bs or CUDA_BATCH, check_finite)
+    if is_torch(x) and x.device.type != "cpu":
+        raise ValueError(f"{fn}: x is on unsupported device {x.device}; use a CPU or CUDA tensor")
+    codes = _assign_cpu(fn, x, model, bs or CPU_BATCH, progress)
+    if is_torch(x):
+        import torch
+
+        return torch.from_numpy(codes)
+    return codes
+
+
+def _check_batch(fn, batch_size):
+    if batch_size is None:
+        return None
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def transform(x, model: Model, *, batch_size: int | None = None):
+    """The Learned Semantic Transform: ``h = normalize(x W^T + b)`` row by row (the batched rotation).
+
+    Args:
+        x: ``[N, d]`` numpy array or torch tensor (CPU or CUDA), as for :func:`assign_codes`.
+        model: a :class:`hermes.Model` (uses W, b and normalize).
+
+    Returns:
+        h ``[N, d]`` float32, numpy for numpy input, torch on x's device for torch input.
+    """
+    fn = "transform"
+    model = _check_model(fn, model)
+    check_matrix(fn, "x", x, model.d)
+    bs = _check_batch(fn, batch_size) or CPU_BATCH
+    if is_torch(x) and x.device.type == "cuda":
+        import torch
+
+        x, dt, stream = _cuda_ready(fn, x)
+        with torch.cuda.device(x.device):
+            t = model._device_tables(x.device)
+            N = x.shape[0]
+            h = torch.empty((N, model.d), dtype=torch.float32, device=x.device)
+            inv_s = torch.empty((N,), dtype=torch.float32, device=x.device)
+            if N:
+                _rotate_cuda(x, dt, N, x.stride(0), model, t, stream, h, inv_s)
+                _check_finite_cuda(fn, inv_s)
+        return h
+    t = model._host_tables()
+    get, N = _cpu_source(fn, x)
+    out = np.empty((N, model.d), dtype=np.float32)
+    nt = _nthreads()
+    for lo in range(0, N, bs):
+        hi = min(N, lo + bs)
+        out[lo:hi] = _rotate_cpu(fn, get(lo, hi), model, t, nt, lo)
+    if is_torch(x):
+        import torch
+
+        return torch.from_numpy(out)
+    return out
+
+
+def decode(codes, model: Model, depth: int | None = None):
+    """Reconstruction from the first ``depth`` stages: ``sum_{l < depth} C_l[codes[:, l]]``.
+
+    Args:
+        codes: ``[N, >= depth]`` integer array or tensor (as returned by :func:`assign_codes`).
+        model: the :class:`hermes.Model` that produced the codes.
+        depth: number of stages to sum (default: all columns of ``codes``).
+
+    Returns:
+        ``[N, d]`` float32 in the transformed space (compare it with :func:`transform`), numpy for numpy
+        input, torch on the codes' device for torch input.
+    """
+    fn = "decode"
+    model = _check_model(fn, model)
+    depth = check_codes(fn, "codes", codes, model.levels, depth)
+    if is_torch(codes):
+        import torch
+
+        t = model._device_tables(codes.device) if codes.device.type == "cuda" else None
+        C = t.C if t is not None else [torch.from_numpy(c) for c in model._host_tables().C]
+        idx = codes.long()
+        out = torch.zeros((codes.shape[0], model.d), dtype=torch.float32, device=codes.device)
+        for l in range(depth):
+            out += C[l][idx[:, l]]
+        return out
+    C = model._host_tables().C
+    out = np.zeros((codes.shape[0], model.d), dtype=np.float32)
+    for l in range(depth):
+        out += C[l][codes[:, l]]
+    return out
+
+
+def quantization_error(x, model: Model, *, depth: int | None = None, batch_size: int | None = None):
+    """Per-row squared reconstruction error ``||h - decode(assign_codes(x))||^2`` with h = transform(x).
+
+    Args:
+        x: ``[N, d]`` as for :func:`assign_codes`.
+        depth: stages used in the reconstruction (default: all L).
+
+    Returns:
+        ``[N]`` float32 (numpy, or torch on x's device).
+    """
+    fn = "quantization_error"
+    model = _check_model(fn, model)
+    check_matrix(fn, "x", x, model.d)
+    depth = model.L if depth is None else depth
+    if not isinstance(depth, (int, np.integer)) or not 1 <= depth <= model.L:
+        raise ValueError(f"{fn}: depth must be an integer in [1, {model.L}], got {depth!r}")
+    bs = _check_batch(fn, batch_size) or CPU_BATCH
+    N = x.shape[0]
+    parts = []
+    for lo in range(0, max(N, 1), bs):
+        xb = x[lo:lo + bs]
+        h = transform(xb, model)
+        rec = decode(assign_codes(xb, model), model, depth)
+        parts.append(((h - rec) ** 2).sum(1))
+    if is_torch(x):
+        import torch
+
+        return torch.cat(parts) if parts else torch.zeros(0)
+    return np.concatenate(parts).astype(np.float32)
