@@ -1,0 +1,287 @@
+"""assign_codes / transform / decode against the float64 reference, on every device, plus bad input and save/load."""
+import json
+
+import numpy as np
+import pytest
+
+import hermes
+from hermes import reference as R
+
+from conftest import to_device, to_numpy
+
+# Codes may differ from the float64 reference only at a near-tie: at the first level where they differ,
+# the reference objective of hermes's pick is within TIE_TOL of the best. Units: for cos, the gap in
+# r.c/||c|| relative to ||h|| (so a near-zero residual, e.g. a document equal to a codeword, may pick
+# any deeper codeword); for l2, the gap in ||r - c||^2 relative to 1 + the largest objective.
+TIE_TOL = 1e-4
+
+
+def make_model(d, Ks, metric="cos", wkind="orthogonal", normalize=True, seed=0):
+    rng = np.random.default_rng(seed)
+    cbs = [(rng.standard_normal((K, d)) * (0.6 ** l) / np.sqrt(d)).astype(np.float32) for l, K in enumerate(Ks)]
+    W = b = None
+    if wkind == "orthogonal":
+        W = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+        b = (0.05 * rng.standard_normal(d)).astype(np.float32)
+    elif wkind == "general":
+        W = (np.eye(d) + 0.3 * rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)
+        b = (0.05 * rng.standard_normal(d)).astype(np.float32)
+    return hermes.Model(cbs, W=W, b=b, metric=metric, normalize=normalize)
+
+
+def unit_rows(n, d, seed=1):
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def check_codes(x, model, codes, max_tie_frac=0.01):
+    """Asserts codes equal the reference's except at documented near-ties; returns the number of tie rows.
+
+    With d = 1 every cosine is exactly +-1, so most rows are exact ties: pass max_tie_frac=None there.
+    """
+    codes = to_numpy(codes)
+    assert codes.dtype == np.int32 and codes.shape == (x.shape[0], model.L)
+    ref = R.assign(x, model.codebooks, model.W, model.b, model.metric, model.normalize)
+    rows = np.flatnonzero((codes != ref).any(axis=1))
+    if rows.size == 0:
+        return 0
+    res = R.residuals(x[rows], model.codebooks, ref[rows], model.W, model.b, model.normalize)
+    for i, row in enumerate(rows):
+        l = int(np.flatnonzero(codes[row] != ref[row])[0])
+        obj = R.stage_objective(res[l][i:i + 1], model.codebooks[l], model.metric)[0]
+        gap = obj[ref[row, l]] - obj[codes[row, l]]
+        if model.metric == "cos":
+            # hermes scores r.c/||c||, whose rounding error scales with ||h||, not ||r||: compare in those units.
+            gap *= np.linalg.norm(res[l][i]) / max(np.linalg.norm(res[0][i]), 1e-30)
+        else:
+            gap /= 1.0 + np.abs(obj).max()
+        assert 0 <= gap <= TIE_TOL, f"row {row} level {l}: hermes picked {codes[row, l]}, reference {ref[row, l]}, gap {gap}"
+    if max_tie_frac is not None:
+        assert rows.size <= max(2, max_tie_frac * x.shape[0]), f"{rows.size} near-tie rows out of {x.shape[0]}"
+    return rows.size
+
+
+def test_reference_hand_computed():
+    # d=2, two levels. x = (3, 4) -> h = (0.6, 0.8).
+    C1 = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    C2 = np.array([[0.1, 0.0], [-0.1, 0.0], [0.0, -0.5]])
+    x = np.array([[3.0, 4.0]])
+    assert np.allclose(R.transform(x), [[0.6, 0.8]])
+    # l2: distances to C1 = 0.4^2+0.8^2=0.8, 0.6^2+0.2^2=0.4, 1.0 -> pick 1; r = (0.6, -0.2)
+    # then to C2: (0.5^2+0.2^2)=0.29, (0.7^2+0.2^2)=0.53, (0.6^2+0.3^2)=0.45 -> pick 0.
+    assert R.assign(x, [C1, C2], metric="l2").tolist() == [[1, 0]]
+    # cos: cos to C1 = 0.6, 0.8, 0 (zero codeword) -> 1; r=(0.6,-0.2): cos to C2 = +, -, + (0.2/(0.632*0.5)=0.316)
+    # (0.6/0.632=0.949 for codeword 0) -> 0.
+    assert R.assign(x, [C1, C2], metric="cos").tolist() == [[1, 0]]
+    # Exact ties go to the lowest index: h=(0.6,0.8) is equidistant from two identical codewords.
+    assert R.assign(x, [np.array([[0.0, 1.0], [0.0, 1.0]])], metric="l2").tolist() == [[0]]
+    assert np.allclose(R.decode([[1, 2]], [C1, C2]), [[0.0, 0.5]])
+
+
+@pytest.mark.parametrize("d", [1, 7, 64, 384, 1000])
+@pytest.mark.parametrize("L", [1, 2, 3, 4])
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+@pytest.mark.parametrize("wkind", ["identity", "orthogonal", "general"])
+def test_matches_reference(d, L, metric, wkind):
+    model = make_model(d, (256, 64, 32, 16)[:L], metric, wkind)
+    assert model.fused == (wkind != "general")
+    x = unit_rows(257, d) * 3.0
+    check_codes(x, model, hermes.assign_codes(x, model), max_tie_frac=None if d == 1 else 0.01)
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 33, 257, 10000])
+def test_sizes_on_every_device(n, device):
+    model = make_model(64, (256, 64, 32), "cos", "orthogonal")
+    x = unit_rows(n, 64)
+    codes = hermes.assign_codes(to_device(x, device), model)
+    assert type(codes).__module__.split(".")[0] == ("numpy" if device == "numpy" else "torch")
+    if device == "cuda":
+        assert codes.device.type == "cuda"
+    check_codes(x, model, codes)
+
+
+@pytest.mark.parametrize("wkind", ["orthogonal", "general"])
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+def test_both_paths_on_every_device(device, wkind, metric):
+    model = make_model(37, (70, 5, 130), metric, wkind)
+    x = unit_rows(300, 37)
+    check_codes(x, model, hermes.assign_codes(to_device(x, device), model, batch_size=64))
+
+
+def test_unnormalized_and_batches():
+    model = make_model(48, (256, 32), "l2", "orthogonal", normalize=False)
+    x = unit_rows(1000, 48) * 0.7
+    a = hermes.assign_codes(x, model, batch_size=1)
+    b = hermes.assign_codes(x, model, batch_size=333)
+    assert np.array_equal(a, b)
+    check_codes(x, model, b)
+
+
+def test_float16_bfloat16_and_noncontiguous(device):
+    import torch
+
+    model = make_model(64, (256, 64, 32), "cos", "orthogonal")
+    x16 = unit_rows(513, 64).astype(np.float16)
+    codes = hermes.assign_codes(to_device(x16, device), model)
+    check_codes(x16.astype(np.float32), model, codes)
+    # Non-contiguous: every other row of a wider array, and a transposed view.
+    wide = unit_rows(600, 64)
+    view = wide[::2]
+    check_codes(np.ascontiguousarray(view), model, hermes.assign_codes(to_device(wide, device)[::2], model))
+    tview = np.asfortranarray(view)
+    assert not tview.flags.c_contiguous
+    check_codes(np.ascontiguousarray(view), model, hermes.assign_codes(to_device(tview, device) if device == "numpy" else to_device(view, device).t().contiguous().t(), model))
+    if device != "numpy":
+        bf = to_device(view, device).to(torch.bfloat16)
+        check_codes(bf.float().cpu().numpy(), model, hermes.assign_codes(bf, model))
+
+
+def test_float64_and_memmap(tmp_path):
+    model = make_model(32, (64, 16), "l2", "orthogonal")
+    x = unit_rows(500, 32)
+    np.save(tmp_path / "x.npy", x.astype(np.float64))
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    check_codes(x, model, hermes.assign_codes(mm, model, batch_size=100))
+
+
+def test_real_embeddings(real_embeddings):
+    x = real_embeddings[:4000]
+    rng = np.random.default_rng(0)
+    # Honest codebooks without training: data points as level-1 codewords, scaled residual samples after.
+    c1 = x[rng.choice(4000, 256, replace=False)].astype(np.float32)
+    model = hermes.Model([c1, 0.3 * c1[rng.permutation(256)], 0.1 * c1[rng.permutation(256)]], metric="cos")
+    check_codes(x.astype(np.float32), model, hermes.assign_codes(x, model))
+
+
+def test_transform_matches_reference(device):
+    for wkind in ["identity", "orthogonal", "general"]:
+        model = make_model(37, (8,), "cos", wkind)
+        x = unit_rows(257, 37) * 2
+        h = to_numpy(hermes.transform(to_device(x, device), model))
+        assert h.dtype == np.float32 and h.shape == x.shape
+        np.testing.assert_allclose(h, R.transform(x, model.W, model.b), atol=2e-6)
+
+
+def test_decode_and_quantization_error(device):
+    model = make_model(24, (32, 16, 8), "l2", "orthogonal")
+    x = unit_rows(200, 24)
+    codes = hermes.assign_codes(to_device(x, device), model)
+    for depth in (1, 2, 3):
+        rec = to_numpy(hermes.decode(codes, model, depth))
+        np.testing.assert_allclose(rec, R.decode(to_numpy(codes), model.codebooks, depth), atol=1e-6)
+    err = to_numpy(hermes.quantization_error(to_device(x, device), model))
+    h = R.transform(x, model.W, model.b)
+    np.testing.assert_allclose(err, ((h - R.decode(to_numpy(codes), model.codebooks)) ** 2).sum(1), atol=1e-5)
+    e1 = to_numpy(hermes.quantization_error(to_device(x, device), model, depth=1))
+    assert e1.mean() > err.mean()  # more stages, smaller error
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.fixture
+def small_model():
+    return make_model(8, (4, 3), "cos", "orthogonal")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_row_named(small_model, bad, device):
+    x = unit_rows(50, 8)
+    x[17, 3] = bad
+    x[30, 0] = bad
+    with pytest.raises(ValueError, match=r"assign_codes: x row 17 contains NaN or Inf"):
+        hermes.assign_codes(to_device(x, device), small_model, batch_size=8)
+    gm = make_model(8, (4, 3), "cos", "general")
+    with pytest.raises(ValueError, match=r"x row 17 contains NaN or Inf"):
+        hermes.assign_codes(to_device(x, device), gm)
+
+
+def test_bad_inputs(small_model):
+    m = small_model
+    with pytest.raises(ValueError, match=r"x has dimension 9 but the model expects d=8"):
+        hermes.assign_codes(np.zeros((3, 9), np.float32), m)
+    with pytest.raises(TypeError, match=r"assign_codes: x must be a floating array"):
+        hermes.assign_codes(np.zeros((3, 8), np.int64), m)
+    with pytest.raises(ValueError, match=r"assign_codes: x must be 2-d \[N, d\], got 1-d"):
+        hermes.assign_codes(np.zeros(8, np.float32), m)
+    with pytest.raises(ValueError, match=r"x must be 2-d \[N, d\], got 3-d"):
+        hermes.assign_codes(np.zeros((2, 3, 8), np.float32), m)
+    with pytest.raises(TypeError, match=r"x must be a numpy array or a torch tensor, got list"):
+        hermes.assign_codes([[0.0] * 8], m)
+    with pytest.raises(TypeError, match=r"model must be a hermes.Model"):
+        hermes.assign_codes(np.zeros((3, 8), np.float32), "model")
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer"):
+        hermes.assign_codes(np.zeros((3, 8), np.float32), m, batch_size=0)
+    with pytest.raises(ValueError, match=r"Model: codebooks is an empty list"):
+        hermes.Model([])
+    with pytest.raises(ValueError, match=r"codebooks\[1\] has dimension 5, codebooks\[0\] has 8"):
+        hermes.Model([np.zeros((4, 8)), np.zeros((4, 5))])
+    with pytest.raises(ValueError, match=r"Model: W must be \[d, d\]"):
+        hermes.Model([np.zeros((4, 8))], W=np.eye(7))
+    with pytest.raises(ValueError, match=r"Model: metric must be 'cos' or 'l2'"):
+        hermes.Model([np.zeros((4, 8))], metric="dot")
+    with pytest.raises(ValueError, match=r"Model: codebooks\[0\] contains NaN or Inf"):
+        hermes.Model([np.full((4, 8), np.nan)])
+    with pytest.raises(ValueError, match=r"at most 8 are supported"):
+        hermes.Model([np.zeros((2, 8))] * 9)
+
+
+def test_decode_bad_codes(small_model):
+    with pytest.raises(ValueError, match=r"decode: codes\[1, 1\] = 3 is out of range for level 1 with 3 codewords"):
+        hermes.decode(np.array([[0, 0], [1, 3]]), small_model)
+    with pytest.raises(ValueError, match=r"decode: codes\[0, 0\] = -1 is out of range"):
+        hermes.decode(np.array([[-1, 0]]), small_model)
+    with pytest.raises(TypeError, match=r"decode: codes must be an integer array"):
+        hermes.decode(np.zeros((2, 2)), small_model)
+    with pytest.raises(ValueError, match=r"decode: depth must be an integer in \[1, 2\]"):
+        hermes.decode(np.zeros((2, 2), np.int32), small_model, depth=3)
+
+
+# ------------------------------------------------------------------------------------------ save / load
+def test_save_load_roundtrip(tmp_path):
+    for wkind in ("identity", "orthogonal", "general"):
+        m = make_model(16, (32, 8, 4), "l2", wkind, normalize=False)
+        m.save(tmp_path / "m.hermes")
+        m2 = hermes.load(tmp_path / "m.hermes")
+        assert (m2.levels, m2.d, m2.metric, m2.normalize, m2.fused) == (m.levels, m.d, m.metric, m.normalize, m.fused)
+        x = unit_rows(100, 16)
+        assert np.array_equal(hermes.assign_codes(x, m), hermes.assign_codes(x, m2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.hermes"]  # no temp files left
+
+
+def _rewrite(path, out, *, meta_update=None, drop=None, reshape=None):
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata())
+    t = load_file(str(path))
+    if meta_update:
+        meta.update(meta_update)
+    if drop:
+        t.pop(drop)
+    if reshape:
+        t[reshape] = t[reshape][:-1]
+    save_file(t, str(out), metadata=meta)
+
+
+def test_load_errors_name_file(tmp_path):
+    m = make_model(8, (4, 3), "cos", "orthogonal")
+    p = tmp_path / "m.hermes"
+    m.save(p)
+    bad = tmp_path / "bad.hermes"
+    _rewrite(p, bad, meta_update={"format_version": "99"})
+    with pytest.raises(ValueError, match=r"bad.hermes has format_version '99'"):
+        hermes.load(bad)
+    _rewrite(p, bad, drop="codebook.1")
+    with pytest.raises(ValueError, match=r"bad.hermes is missing tensor 'codebook.1'"):
+        hermes.load(bad)
+    _rewrite(p, bad, reshape="codebook.0")
+    with pytest.raises(ValueError, match=r"bad.hermes: tensor 'codebook.0' has shape \(3, 8\), metadata says \(4, 8\)"):
+        hermes.load(bad)
+    _rewrite(p, bad, meta_update={"levels": json.dumps([4, 3, 2])})
+    with pytest.raises(ValueError, match=r"missing tensor 'codebook.2'"):
+        hermes.load(bad)
+    (tmp_path / "junk.hermes").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"junk.hermes is not a readable safetensors file"):
+        hermes.load(tmp_path / "junk.hermes")
+    with pytest.raises(FileNotFoundError, match=r"no model file at"):
+        hermes.load(tmp_path / "nope.hermes")
