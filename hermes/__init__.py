@@ -7,8 +7,9 @@ from ._version import __version__
 from ._backend import build_info, cuda_available
 from .model import Model, load
 from .assign import assign_codes, decode, quantization_error, transform
+from . import buckets, metrics, mix
 
 __all__ = [
     "__version__", "Model", "load", "assign_codes", "transform", "decode", "quantization_error",
-    "build_info", "cuda_available",
+    "build_info", "cuda_available", "buckets", "metrics", "mix",
 ]

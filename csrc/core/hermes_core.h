@@ -70,25 +70,28 @@ struct LevelParams {
   const float* T[kMaxLevels];  // T[j]: [K_j, K] row-major for j < level, or nullptr
 };
 
-// r_l . c_k = (x . M_l[:, k] + beta_k) / s - sum_{j<l} T_jl[c_j, k]   (folded)
-//           = g                                                      (explicit: r_l . c_k from the GEMM)
-HERMES_HD float residual_dot(const LevelParams& p, float g, float inv_s, const int32_t* code_row, int k) {
+// sum_{j<l} T_jl[c_j, k]: what the earlier stages' codewords contribute to r_l . c_k on the folded
+// path (0 on the explicit path). Added in increasing j, starting from 0.
+HERMES_HD float correction(const LevelParams& p, const int32_t* code_row, int k) {
   float corr = 0.0f;
   for (int j = 0; j < p.level; ++j) {
     if (p.T[j] != nullptr) corr += p.T[j][static_cast<int64_t>(code_row[j]) * p.K + k];
   }
-  float beta = p.beta != nullptr ? p.beta[k] : 0.0f;
-  return mul_add(g + beta, inv_s, -corr);
+  return corr;
 }
 
-// The quantity each stage maximizes. l2: argmin ||r - c||^2 = argmax 2 r.c - ||c||^2.
-// cos: argmax r.c / ||c|| (a zero codeword scores 0).
-HERMES_HD float metric_score(float rc, float cterm, int metric) {
+// The quantity each stage maximizes, from its parts. First the residual dot product
+//   r_l . c_k = (x . M_l[:, k] + beta_k) / s - corr   (folded)   or   g   (explicit: beta = corr = 0, inv_s = 1),
+// then the metric: l2 maximizes 2 r.c - ||c||^2 (= argmin ||r - c||^2); cos maximizes r.c / ||c||
+// (cterm = 1/||c||, 0 for a zero codeword, which therefore scores 0).
+HERMES_HD float score_from_parts(float g, float beta, float inv_s, float corr, float cterm, int metric) {
+  const float rc = mul_add(g + beta, inv_s, -corr);
   return metric == kL2 ? mul_add(2.0f, rc, -cterm) : rc * cterm;
 }
 
 HERMES_HD float column_score(const LevelParams& p, float g, float inv_s, const int32_t* code_row, int k) {
-  return metric_score(residual_dot(p, g, inv_s, code_row, k), p.cterm[k], p.metric);
+  return score_from_parts(g, p.beta != nullptr ? p.beta[k] : 0.0f, inv_s, correction(p, code_row, k), p.cterm[k],
+                          p.metric);
 }
 
 // Running (best score, index). Ties go to the lowest index, so the result does not depend on the

@@ -1,0 +1,200 @@
+"""Microbenchmark of hermes.assign_codes against faiss and a torch naive implementation.
+
+Synthetic clustered unit vectors, d = 1024, 3 x 256 codebooks, orthogonal W. Prints vectors/s for each
+method, the machine's sgemm GFLOP/s measured in the same run, hermes's share of the folded roofline
+(d * sum(K) * 2 flops per vector), and the ratios the targets are stated in. Correctness is checked first.
+
+    python bench/bench_assign.py                   # CPU, N = 100,000
+    python bench/bench_assign.py --device cuda     # adds hermes CUDA vs torch CUDA (N = 1M and 10M)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import clustered_unit_vectors, print_table, timeit  # noqa: E402
+
+import hermes  # noqa: E402
+import hermes.reference  # noqa: E402
+
+
+def make_model(d, levels, x, seed=0, metric="l2"):
+    """Codebooks from data (level 1: sample points; deeper: sampled residuals), and a random orthogonal W."""
+    rng = np.random.default_rng(seed)
+    W = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    h = x[rng.choice(len(x), 20000, replace=False)] @ W.T
+    cbs, r = [], h.copy()
+    for K in levels:
+        C = r[rng.choice(len(r), K, replace=False)].copy()
+        cbs.append(C)
+        idx = np.argmax(2 * r @ C.T - (C * C).sum(1), axis=1)
+        r = r - C[idx]
+    return hermes.Model(cbs, W=W, b=None, metric=metric, normalize=True)
+
+
+def torch_naive(x, W, b, cbs, metric):
+    """Rotation, normalization, then per stage matmul + argmax + subtraction (what a user would write)."""
+    h = torch.nn.functional.normalize(torch.addmm(b, x, W.T), dim=1)
+    codes = []
+    for C in cbs:
+        s = h @ C.T
+        s = 2 * s - (C * C).sum(1) if metric == "l2" else s / C.norm(dim=1)
+        c = s.argmax(1)
+        codes.append(c)
+        h = h - C[c]
+    return torch.stack(codes, 1)
+
+
+def sgemm_gflops(device="cpu", n=8192, d=1024, k=768):
+    a = torch.randn(n, d, device=device)
+    b = torch.randn(d, k, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    t = timeit(lambda: torch.mm(a, b), repeats=5, warmup=2, sync=sync)
+    return 2.0 * n * d * k / t / 1e9
+
+
+def bench_cpu(args):
+    import faiss
+
+    d, levels, N = args.d, (256, 256, 256), args.n
+    print(f"# CPU: N={N:,} d={d} levels={levels}; torch threads={torch.get_num_threads()}, "
+          f"faiss threads={faiss.omp_get_max_threads()}")
+    x = clustered_unit_vectors(N, d, seed=1)
+    model = make_model(d, levels, x, metric="l2")
+    Wt, bt = torch.from_numpy(model.W), torch.zeros(d)
+    cbs_t = [torch.from_numpy(c) for c in model.codebooks]
+
+    # faiss peers use the same codebooks, on x without the rotation (their job is strictly smaller).
+    rq = faiss.ResidualQuantizer(d, len(levels), 8)
+    rq.max_beam_size = 1
+    faiss.copy_array_to_vector(np.concatenate(model.codebooks).ravel(), rq.codebooks)
+    rq.is_trained = True
+    flats = []
+    for C in model.codebooks:
+        ix = faiss.IndexFlatL2(d)
+        ix.add(C)
+        flats.append(ix)
+
+    def faiss_flat(xx):
+        r = xx.copy()
+        out = np.empty((len(xx), len(flats)), dtype=np.int64)
+        for l, ix in enumerate(flats):
+            _, I = ix.search(r, 1)
+            out[:, l] = I[:, 0]
+            r -= model.codebooks[l][I[:, 0]]
+        return out
+
+    # Correctness first: hermes vs the float64 reference; faiss on the rotated input must agree too.
+    n_chk = 2000
+    ref = hermes.reference.assign(x[:n_chk], model.codebooks, model.W, None, "l2", True)
+    got = hermes.assign_codes(x[:n_chk], model)
+    hx = np.ascontiguousarray(x[:n_chk] @ model.W.T)
+    fz = rq.compute_codes(hx)
+    f_codes = np.stack([np.frombuffer(fz.tobytes(), np.uint8).reshape(n_chk, -1)[:, l] for l in range(3)], 1)
+    tn = torch_naive(torch.from_numpy(x[:n_chk]), Wt, bt, cbs_t, "l2").numpy()
+    print(f"agreement with float64 reference on {n_chk} rows: hermes {np.mean((got == ref).all(1)):.4f}, "
+          f"faiss RQ (rotated input) {np.mean((f_codes == ref).all(1)):.4f}, torch naive {np.mean((tn == ref).all(1)):.4f}")
+
+    gf = sgemm_gflops()
+    roof = gf * 1e9 / (2.0 * d * sum(levels))
+    r = args.repeats
+    t_h = timeit(lambda: hermes.assign_codes(x, model), repeats=r)
+    model_cos = hermes.Model(model.codebooks, W=model.W, metric="cos")
+    t_hc = timeit(lambda: hermes.assign_codes(x, model_cos), repeats=r)
+    x16 = x.astype(np.float16)
+    t_h16 = timeit(lambda: hermes.assign_codes(x16, model), repeats=r)
+    t_rq = timeit(lambda: rq.compute_codes(x), repeats=r)
+    t_fl = timeit(lambda: faiss_flat(x), repeats=r)
+    xt = torch.from_numpy(x)
+    t_tn = timeit(lambda: torch_naive(xt, Wt, bt, cbs_t, "l2"), repeats=r)
+    v = lambda t: N / t  # noqa: E731
+    rows = [
+        ["hermes assign_codes (l2, with rotation)", f"{v(t_h):,.0f}", f"{v(t_h) / roof:.1%}"],
+        ["hermes assign_codes (cos, with rotation)", f"{v(t_hc):,.0f}", f"{v(t_hc) / roof:.1%}"],
+        ["hermes assign_codes (float16 input)", f"{v(t_h16):,.0f}", f"{v(t_h16) / roof:.1%}"],
+        ["faiss ResidualQuantizer.compute_codes (beam 1, no rotation)", f"{v(t_rq):,.0f}", f"{v(t_rq) / roof:.1%}"],
+        ["faiss IndexFlatL2 x 3 stages (no rotation)", f"{v(t_fl):,.0f}", f"{v(t_fl) / roof:.1%}"],
+        ["torch naive (rotation + 3 x matmul/argmax)", f"{v(t_tn):,.0f}", f"{v(t_tn) / roof:.1%}"],
+    ]
+    print(f"sgemm: {gf:,.0f} GFLOP/s -> folded roofline {roof:,.0f} vectors/s ({2 * d * sum(levels) / 1e6:.2f} MFLOP/vector)")
+    print_table(rows, ["method", "vectors/s", "of roofline"])
+    print()
+    print_table([
+        ["hermes / faiss compute_codes", f"{t_rq / t_h:.2f}x", ">= 4x"],
+        ["hermes / faiss IndexFlatL2 stages", f"{t_fl / t_h:.2f}x", ""],
+        ["hermes / torch naive", f"{t_tn / t_h:.2f}x", ">= 2.5x"],
+        ["hermes share of folded roofline", f"{v(t_h) / roof:.1%}", ">= 60%"],
+    ], ["ratio", "measured", "target"])
+
+
+def bench_cuda(args):
+    dev = "cuda"
+    d, levels = args.d, (256, 256, 256)
+    print(f"# CUDA: {torch.cuda.get_device_name()} d={d} levels={levels}")
+    xs = torch.from_numpy(clustered_unit_vectors(50000, d, seed=1))
+    model = make_model(d, levels, xs.numpy(), metric="l2")
+    Wt = torch.from_numpy(model.W).to(dev)
+    bt = torch.zeros(d, device=dev)
+    cbs_t = [torch.from_numpy(c).to(dev) for c in model.codebooks]
+    # Correctness first.
+    xc = xs[:4096].to(dev)
+    ref = hermes.reference.assign(xs[:4096].numpy(), model.codebooks, model.W, None, "l2", True)
+    got = hermes.assign_codes(xc, model).cpu().numpy()
+    cpu = hermes.assign_codes(xs[:4096].numpy(), model)
+    print(f"agreement on 4096 rows: CUDA vs reference {np.mean((got == ref).all(1)):.4f}, CUDA vs CPU {np.mean((got == cpu).all(1)):.4f}")
+    sync = torch.cuda.synchronize
+    gf = sgemm_gflops(dev)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    gf_tf32 = sgemm_gflops(dev)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    roof = gf * 1e9 / (2.0 * d * sum(levels))
+    print(f"cuBLAS sgemm {gf:,.0f} GFLOP/s (TF32: {gf_tf32:,.0f}) -> fp32 folded roofline {roof:,.0f} vectors/s")
+    rows = []
+    for N in args.cuda_n:
+        g = torch.Generator(device=dev).manual_seed(0)
+        x = torch.nn.functional.normalize(torch.randn(N, d, device=dev, generator=g), dim=1)
+        for dtype in (torch.float32, torch.bfloat16):
+            xx = x.to(dtype)
+            t_h = timeit(lambda: hermes.assign_codes(xx, model, check_finite=False), repeats=args.repeats, sync=sync)
+            t_hc = timeit(lambda: hermes.assign_codes(xx, model), repeats=args.repeats, sync=sync)
+            res = []
+            for tf32 in (False, True):
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                chunk = 1 << 20
+                fn = lambda: [torch_naive(xx[i:i + chunk].float(), Wt, bt, cbs_t, "l2") for i in range(0, N, chunk)]  # noqa: E731
+                res.append(timeit(fn, repeats=args.repeats, sync=sync))
+            torch.backends.cuda.matmul.allow_tf32 = False
+            rows.append([f"{N:,}", str(dtype).split(".")[1], f"{N / t_h:,.0f}", f"{N / t_hc:,.0f}", f"{N / res[0]:,.0f}",
+                         f"{N / res[1]:,.0f}", f"{res[0] / t_h:.2f}x", f"{res[1] / t_h:.2f}x", f"{N / t_h / roof:.1%}"])
+            del xx
+        del x
+        torch.cuda.empty_cache()
+    print_table(rows, ["N", "input", "hermes vec/s", "hermes+finite check", "torch naive fp32", "torch naive TF32",
+                       "vs naive fp32", "vs naive TF32", "of fp32 roofline"])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--n", type=int, default=100_000, help="rows for the CPU benchmark")
+    p.add_argument("--d", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cuda-n", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    args = p.parse_args()
+    print(f"hermes {hermes.__version__}; build: cuda={hermes.build_info()['cuda']} "
+          f"archs={hermes.build_info()['cuda_architectures']}")
+    if args.device == "cuda":
+        if not hermes.cuda_available():
+            sys.exit(f"--device cuda: {hermes.build_info()['cuda_unavailable_reason']}")
+        bench_cuda(args)
+    else:
+        bench_cpu(args)
+
+
+if __name__ == "__main__":
+    main()

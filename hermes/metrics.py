@@ -1,0 +1,282 @@
+"""Metrics: how good a bucketing is (entropy, centroid cosine, Recall@k, NMI, purity), per depth.
+
+Buckets are given as packed ids [N] (``hermes.buckets.bucket_ids``); ``report`` takes the code
+matrix and evaluates every depth. Embeddings x are [N, d] float numpy arrays (float16/32/64)
+or torch tensors. All metrics return NaN for N = 0.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import buckets as _b
+
+__all__ = ["entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity",
+           "report", "format_report"]
+
+_NAN = float("nan")
+
+
+def _check_x(x, n, fn: str, other: str = "ids"):
+    """Embeddings [N, d] as a numpy or torch float array (not copied)."""
+    if type(x).__module__.split(".")[0] == "torch":
+        if x.ndim != 2 or not x.is_floating_point():
+            raise TypeError(f"{fn}: x must be a 2-d float tensor [N, d], got shape "
+                            f"{tuple(x.shape)} dtype {x.dtype}")
+    else:
+        x = np.asarray(x)
+        if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{fn}: x must be a 2-d float array [N, d], got shape {x.shape} "
+                            f"dtype {x.dtype}")
+    if n is not None and x.shape[0] != n:
+        raise ValueError(f"{fn}: x has {x.shape[0]} rows but {other} has {n}; they must match")
+    return x
+
+
+def _numpy_x(x) -> np.ndarray:
+    """numpy view of embeddings; torch bfloat16 (no numpy dtype) goes through float32."""
+    if isinstance(x, np.ndarray):
+        return x
+    x = x.detach()
+    if str(x.dtype) == "torch.bfloat16":
+        x = x.float()
+    return x.cpu().numpy()
+
+
+def _entropy_of_sizes(sizes: np.ndarray) -> float:
+    n = sizes.sum()
+    if n == 0:
+        return _NAN
+    p = sizes / n
+    return float(-(p * np.log(p)).sum())
+
+
+def entropy(ids) -> float:
+    """Entropy of the bucket-size distribution, in nats.
+
+    ids: integer [N] bucket ids. With p_b = (documents in bucket b) / N over occupied buckets b,
+    returns H = -sum_b p_b * ln(p_b): 0 for a single bucket, ln(B) for B equal buckets.
+    """
+    return _entropy_of_sizes(_b._group(_b._check_ids(ids, "entropy"), inverse=False)[1])
+
+
+def effective_buckets(ids) -> float:
+    """exp(H) with H = ``entropy(ids)``: the number of equal buckets with the same entropy.
+
+    ids: integer [N] bucket ids.
+    """
+    return math.exp(_entropy_of_sizes(_b._group(_b._check_ids(ids, "effective_buckets"),
+                                                inverse=False)[1]))
+
+
+def centroid_cosine(x, ids, *, chunk_bytes: int = 1 << 26) -> float:
+    """Mean cosine between each document and its bucket's mean direction.
+
+    x: float [N, d]; ids: integer [N] bucket ids.
+    With u_i = x_i / ||x_i|| (a zero row stays zero) and m_b = normalize(sum_{i in b} u_i),
+    returns (1/N) sum_i u_i . m_{b(i)}, which equals (1/N) sum_b ||sum_{i in b} u_i||.
+    Computed in float64 over chunks of ~``chunk_bytes`` of rows in bucket order: memory is
+    O(chunk + N), not O(buckets * d).
+    """
+    fn = "centroid_cosine"
+    ids = _b._check_ids(ids, fn)
+    x = _numpy_x(_check_x(x, ids.size, fn))
+    n = ids.size
+    if n == 0:
+        return _NAN
+    order = np.argsort(ids, kind="stable")
+    sid = ids[order]
+    rows = max(1, chunk_bytes // (8 * max(1, x.shape[1])))
+    total, carry, carry_id = 0.0, None, None
+    for s in range(0, n, rows):
+        idx = order[s:s + rows]
+        xb = x[idx].astype(np.float64)
+        norms = np.linalg.norm(xb, axis=1, keepdims=True)
+        np.divide(xb, norms, out=xb, where=norms > 0)
+        g = sid[s:s + rows]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        sums = np.add.reduceat(xb, starts, axis=0)
+        if carry is not None:
+            if g[0] == carry_id:
+                sums[0] += carry
+            else:
+                total += float(np.linalg.norm(carry))
+        total += float(np.linalg.norm(sums[:-1], axis=1).sum())
+        carry, carry_id = sums[-1], g[-1]
+    total += float(np.linalg.norm(carry))
+    return total / n
+
+
+def _neighbors(x, k: int, queries: np.ndarray, batch: int) -> np.ndarray:
+    """Indices [Q, k] of each query's k most cosine-similar rows of x, the query itself excluded.
+
+    Query blocks of at most ``batch`` rows (fewer when N is large, so that a block's
+    similarity matrix holds at most 2**26 entries) go through torch.mm in float32 + topk.
+    """
+    import torch
+
+    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    xt = torch.nn.functional.normalize(xt.float(), dim=1)
+    n = xt.shape[0]
+    q_t = torch.from_numpy(queries).to(xt.device)
+    rows = max(1, min(batch, (1 << 26) // max(n, 1)))
+    out = torch.empty((queries.size, k), dtype=torch.int64)
+    with torch.no_grad():
+        for s in range(0, queries.size, rows):
+            q = q_t[s:s + rows]
+            sim = torch.mm(xt[q], xt.T)
+            sim[torch.arange(q.numel(), device=sim.device), q] = -float("inf")
+            out[s:s + rows] = torch.topk(sim, k, dim=1).indices.cpu()
+    return out.numpy()
+
+
+def _queries(n: int, exact_max: int, sample: int, seed: int) -> np.ndarray:
+    if n <= exact_max:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=min(sample, n), replace=False)).astype(np.int64)
+
+
+def _check_knn_args(n, k, exact_max, sample, batch, fn):
+    k = _b._check_int(k, fn, "k", lo=1)
+    if n and k > n - 1:
+        raise ValueError(f"{fn}: k={k} needs at least k + 1 = {k + 1} documents, got N={n}")
+    _b._check_int(exact_max, fn, "exact_max", lo=0)
+    _b._check_int(sample, fn, "sample", lo=1)
+    _b._check_int(batch, fn, "batch", lo=1)
+    return k
+
+
+def recall_at_k(x, ids, k: int = 10, *, exact_max: int = 100_000, sample: int = 10_000,
+                seed: int = 0, batch: int = 2048) -> float:
+    """Recall@k: how often a document's nearest neighbours share its bucket.
+
+    x: float [N, d]; ids: integer [N] bucket ids.
+    For a query document i, let NN_k(i) be the k documents j != i with the largest cosine
+    cos(x_i, x_j), searched among all N documents. Returns the mean over queries of
+    |{j in NN_k(i) : ids[j] == ids[i]}| / k.
+    Queries are all N documents when N <= ``exact_max``, otherwise ``sample`` documents drawn
+    without replacement with ``np.random.default_rng(seed)``. Similarities are float32
+    (torch.mm over query blocks of at most ``batch`` rows); among tied similarities the
+    neighbours are whichever ``torch.topk`` returns. Requires 1 <= k <= N - 1.
+    """
+    fn = "recall_at_k"
+    ids = _b._check_ids(ids, fn)
+    x = _check_x(x, ids.size, fn)
+    k = _check_knn_args(ids.size, k, exact_max, sample, batch, fn)
+    if ids.size == 0:
+        return _NAN
+    q = _queries(ids.size, exact_max, sample, seed)
+    return _recall_from(_neighbors(x, k, q, batch), q, ids)
+
+
+def _recall_from(nbr: np.ndarray, q: np.ndarray, ids: np.ndarray) -> float:
+    return float((ids[nbr] == ids[q][:, None]).mean())
+
+
+def _check_labels(labels, n, fn: str, other: str = "ids") -> np.ndarray:
+    labels = _b._to_numpy(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"{fn}: labels must be a 1-d array [N], got shape {labels.shape}")
+    if labels.size != n:
+        raise ValueError(f"{fn}: labels has {labels.size} entries but {other} has {n}; they must match")
+    return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _contingency(labels, ids, fn: str):
+    """Nonzero cells of the (class, bucket) table: (class idx, bucket idx, count), bucket-major."""
+    ids = _b._check_ids(ids, fn)
+    li = _check_labels(labels, ids.size, fn)
+    _, _, bi = _b._group(ids)
+    n_cls = int(li.max()) + 1 if li.size else 1
+    cells, counts, _ = _b._group(bi * n_cls + li, inverse=False)
+    return cells % n_cls, cells // n_cls, counts
+
+
+def nmi(labels, ids) -> float:
+    """Normalized mutual information between classes and buckets (arithmetic normalization).
+
+    labels: [N] integer or string classes; ids: integer [N] bucket ids.
+    NMI = I(C; B) / ((H(C) + H(B)) / 2) with natural logs, as scikit-learn's default
+    ``normalized_mutual_info_score``: 1.0 when both sides have a single group, 0.0 when I = 0.
+    """
+    ci, bj, nij = _contingency(labels, ids, "nmi")
+    n = nij.sum()
+    if n == 0:
+        return _NAN
+    a, b = np.bincount(ci, weights=nij), np.bincount(bj, weights=nij)
+    if a.size == b.size == 1:
+        return 1.0
+    pij = nij / n
+    mi = float(np.clip((pij * (np.log(nij) + math.log(n) - np.log(a[ci]) - np.log(b[bj]))).sum(),
+                       0.0, None))
+    if mi < np.finfo(np.float64).eps:
+        return 0.0
+    h = (_entropy_of_sizes(a) + _entropy_of_sizes(b)) / 2
+    return mi / max(h, np.finfo(np.float64).eps)
+
+
+def purity(labels, ids) -> float:
+    """Purity: sum over buckets of the bucket's largest class count, divided by N.
+
+    labels: [N] integer or string classes; ids: integer [N] bucket ids. In [0, 1].
+    """
+    _, bj, nij = _contingency(labels, ids, "purity")
+    n = nij.sum()
+    if n == 0:
+        return _NAN
+    starts = np.flatnonzero(np.r_[True, bj[1:] != bj[:-1]])
+    return float(np.maximum.reduceat(nij, starts).sum() / n)
+
+
+def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int = 30,
+           exact_max: int = 100_000, sample: int = 10_000, seed: int = 0,
+           batch: int = 2048) -> list:
+    """All metrics at every depth 1..L.
+
+    x: float [N, d] or None (skips centroid_cosine and recall_at_k); codes: integer [N, L];
+    levels as in ``hermes.buckets.bucket_ids``; labels: [N] classes or None (skips nmi, purity);
+    k: Recall@k's k, or None to skip it (the neighbours are searched once for all depths);
+    small, exact_max, sample, seed, batch: as in ``pool_sizes`` and ``recall_at_k``.
+    Returns one dict per depth: depth, name, n_buckets, entropy, effective_buckets,
+    [centroid_cosine, recall_at_k], [nmi, purity], then the pool-size statistics of
+    ``hermes.buckets.pool_sizes`` (median, mean, p10, p25, p75, p90, min, max, share_below).
+    """
+    fn = "report"
+    codes, levels = _b._check_codes(codes, levels, fn)
+    n, L = codes.shape
+    if x is not None:
+        x = _check_x(x, n, fn, "codes")
+    if labels is not None:
+        _check_labels(labels, n, fn, "codes")
+    small = _b._check_int(small, fn, "small", lo=0)
+    nbr = q = None
+    if x is not None and k is not None:
+        k = _check_knn_args(n, k, exact_max, sample, batch, fn)
+        if n:
+            q = _queries(n, exact_max, sample, seed)
+            nbr = _neighbors(x, k, q, batch)
+    rows = []
+    for depth in range(1, L + 1):
+        _b._radix(levels, depth, fn)
+        ids = _b._pack(codes, depth, levels)
+        _, sizes, _ = _b._group(ids, inverse=False)
+        h = _entropy_of_sizes(sizes)
+        row = dict(depth=depth, name=_b.depth_name(depth), n_buckets=int(sizes.size), entropy=h,
+                   effective_buckets=math.exp(h) if n else _NAN)
+        if x is not None:
+            row["centroid_cosine"] = centroid_cosine(x, ids)
+            if k is not None:
+                row["recall_at_k"] = _recall_from(nbr, q, ids) if n else _NAN
+        if labels is not None:
+            row["nmi"], row["purity"] = nmi(labels, ids), purity(labels, ids)
+        stats = _b._size_stats(sizes, small)
+        stats.pop("n_buckets")
+        rows.append({**row, **stats})
+    return rows
+
+
+def format_report(rows, columns=None) -> str:
+    """Plain-text table of ``report`` rows; columns: keys to show (default all)."""
+    return _b.format_table(rows, columns)

@@ -1,0 +1,426 @@
+"""Mix: the two-stage data mixture over buckets, computed exactly, and sampling from it.
+
+The probability of document x is
+
+    P(x) = w_{b1} * pi_{b1}(B) * rho_B(x)
+
+where b1 is x's L1 bucket (c1) and B its sub-bucket at ``depth`` (its packed code prefix).
+
+Stage 1, ``w`` over the occupied L1 buckets (``stage1``):
+    "uniform"       w = 1 / (number of occupied L1 buckets);
+    "proportional"  w = n_b1 / N;
+    tau (float > 0) w proportional to n_b1 ** (1 / tau): tau = 1 is proportional, tau = inf
+                    is uniform, tau < 1 sharpens towards the largest buckets;
+    a mapping {bucket: weight}, or a path to a .json file {"bucket": weight} or a .csv file with
+                    header ``bucket,weight`` (e.g. DoReMi output). Buckets are L1 ids (c1).
+                    Every bucket named must be occupied; occupied buckets the source leaves out
+                    get weight 0 (with a warning). Weights must be finite, >= 0, not all 0, and
+                    are normalized to sum to 1.
+Stage 2, inside each L1 bucket (``stage2``):
+    "coverage"  pi = 1 / (number of occupied sub-buckets of b1); rho = 1 / n_B (max-entropy);
+    "quality"   pi = n_B / n_b1; only documents whose quality is >= the (1 - p) quantile of
+                quality within B are eligible (``np.quantile(q_B, 1 - p, method="linear")``,
+                capped at max(q_B), so each sub-bucket's best document is always eligible);
+                rho = 1 / (eligible documents of B), 0 for the others;
+    "random"    pi * rho = 1 / n_b1: uniform over the documents of b1 (B is ignored).
+At depth 1 the sub-bucket is the L1 bucket itself: "coverage" equals "random" and "quality"
+keeps the top p of each L1 bucket.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+import os
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import buckets as _b
+
+__all__ = ["STAGE2_RULES", "stage1_weights", "probabilities", "sample"]
+
+STAGE2_RULES = ("coverage", "quality", "random")
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1
+
+def _read_weights(stage1, fn: str):
+    """{bucket key (str or int): weight} and a name for messages, from a mapping or a file."""
+    if isinstance(stage1, Mapping):
+        return dict(stage1), "stage1 mapping"
+    path = os.fspath(stage1)
+    src = f"stage1 file {path!r}"
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".json", ".csv"):
+        raise ValueError(f"{fn}: {src} must end in .json or .csv")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{fn}: {src} does not exist")
+    with open(path, newline="") as f:
+        if ext == ".json":
+            try:
+                table = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{fn}: {src} is not valid JSON: {e}") from None
+            if not isinstance(table, dict):
+                raise ValueError(f"{fn}: {src} must hold a JSON object {{\"bucket\": weight}}, "
+                                 f"got {type(table).__name__}")
+            return table, src
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"bucket", "weight"} <= {h.strip() for h in reader.fieldnames}:
+            raise ValueError(f"{fn}: {src} must have a header 'bucket,weight', got "
+                             f"{reader.fieldnames}")
+        table = {}
+        for row in reader:
+            row = {k.strip(): v for k, v in row.items() if k is not None}
+            key = row["bucket"].strip()
+            if key in table:
+                raise ValueError(f"{fn}: {src} lists bucket {key} twice")
+            table[key] = row["weight"]
+        return table, src
+
+
+def _weights_from_table(table: dict, src: str, l1_ids: np.ndarray, fn: str) -> np.ndarray:
+    occupied = {int(b): i for i, b in enumerate(l1_ids)}
+    w = np.zeros(l1_ids.size)
+    given = np.zeros(l1_ids.size, bool)
+    unknown = []
+    for key, value in table.items():
+        try:
+            b = int(str(key).strip())
+        except ValueError:
+            b = None
+        if b is None or b not in occupied:
+            unknown.append(key)
+            continue
+        given[occupied[b]] = True
+        try:
+            w[occupied[b]] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{fn}: {src} gives bucket {key} the non-numeric weight {value!r}") \
+                from None
+    if unknown:
+        raise ValueError(f"{fn}: {src} names {len(unknown)} bucket(s) that are not occupied L1 "
+                         f"buckets, e.g. {unknown[:5]}; buckets are L1 ids c1 of the codes")
+    missing = l1_ids[~given].tolist()
+    if missing:
+        warnings.warn(f"{fn}: {src} has no weight for {len(missing)} occupied L1 bucket(s), e.g. "
+                      f"{missing[:5]}; they get weight 0", stacklevel=3)
+    return w
+
+
+def _stage1(stage1, l1_ids: np.ndarray, l1_sizes: np.ndarray, fn: str) -> np.ndarray:
+    """Normalized weights float64 [B1] over the occupied L1 buckets ``l1_ids``."""
+    if isinstance(stage1, str) and stage1 in ("uniform", "proportional"):
+        w = np.ones(l1_ids.size) if stage1 == "uniform" else l1_sizes.astype(np.float64)
+    elif isinstance(stage1, numbers.Real) and not isinstance(stage1, (bool, np.bool_)):
+        tau = float(stage1)
+        if not tau > 0:
+            raise ValueError(f"{fn}: stage1 temperature must be > 0 (inf = uniform), got {stage1}")
+        logw = np.log(l1_sizes.astype(np.float64)) / tau
+        w = np.exp(logw - logw.max()) if logw.size else logw
+    elif isinstance(stage1, (Mapping, str, os.PathLike)):
+        if isinstance(stage1, str) and os.path.splitext(stage1)[1].lower() not in (".json", ".csv"):
+            raise ValueError(f"{fn}: stage1 must be 'uniform', 'proportional', a temperature > 0, "
+                             f"a mapping or a .json/.csv path, got {stage1!r}")
+        w = _weights_from_table(*_read_weights(stage1, fn), l1_ids, fn)
+        src = "stage1" if isinstance(stage1, Mapping) else f"stage1 file {os.fspath(stage1)!r}"
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            raise ValueError(f"{fn}: {src} weights must be finite and >= 0; bucket "
+                             f"{int(l1_ids[bad[0]])} has {w[bad[0]]}")
+        if l1_ids.size and w.sum() <= 0:
+            raise ValueError(f"{fn}: {src} gives every occupied L1 bucket weight 0")
+    else:
+        raise TypeError(f"{fn}: stage1 must be 'uniform', 'proportional', a temperature > 0, a "
+                        f"mapping or a .json/.csv path, got {type(stage1).__name__}")
+    return w / w.sum() if w.size else w
+
+
+def stage1_weights(codes, levels=None, stage1="uniform"):
+    """Stage-1 weights over the occupied L1 buckets.
+
+    codes: integer [N, L]; levels as in ``hermes.buckets.bucket_ids``;
+    stage1: "uniform", "proportional", a temperature tau > 0, a mapping, or a .json/.csv path
+        (see the module docstring).
+    Returns (bucket_ids int64 [B1] ascending, weights float64 [B1] summing to 1), B1 = number of
+    occupied L1 buckets.
+    """
+    fn = "stage1_weights"
+    codes, levels = _b._check_codes(codes, levels, fn)
+    l1_ids, l1_sizes, _ = _b._group(codes[:, 0].astype(np.int64), inverse=False)
+    return l1_ids, _stage1(stage1, l1_ids, l1_sizes, fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# The mixture
+
+class _Mixture:
+    """Everything the mixture knows about the corpus; arrays indexed by document or group.
+
+    l1_inv [N]: index of each doc's L1 bucket in l1_ids [B1] (sizes n1 [B1], weights w [B1]);
+    sub_inv [N]: index of each doc's sub-bucket in sub_ids [S] (sizes sub_size [S],
+    parent index sub_l1 [S], eligible counts sub_elig [S], mass sub_mass [S]);
+    prob [N] = P(x); group_inv [N] / group_mass [G] / group_cap [G]: the groups within which
+    documents are uniform (sub-buckets, or L1 buckets for "random").
+    """
+
+
+def _check_vector(v, n, fn: str, name: str, integer_ok=True) -> np.ndarray:
+    v = _b._to_numpy(v)
+    if v.ndim != 1 or v.shape[0] != n:
+        raise ValueError(f"{fn}: {name} must be a 1-d array [N] with N = {n} (one per code row), "
+                         f"got shape {v.shape}")
+    if not (np.issubdtype(v.dtype, np.floating) or (integer_ok and np.issubdtype(v.dtype, np.integer))):
+        raise TypeError(f"{fn}: {name} must be a numeric array, got dtype {v.dtype}")
+    v = v.astype(np.float64, copy=False)
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise ValueError(f"{fn}: {name} must be finite; row {int(bad[0])} is {v[bad[0]]}")
+    return v
+
+
+def _eligible_top(q: np.ndarray, sub_inv: np.ndarray, sub_size: np.ndarray, p: float) -> np.ndarray:
+    """Mask [N]: q >= the (1 - p) quantile of q within the doc's sub-bucket (numpy "linear")."""
+    order = np.lexsort((q, sub_inv))
+    qs = q[order]
+    start = np.r_[0, np.cumsum(sub_size)[:-1]]
+    # np.quantile's "linear" method, written out per group so thresholds match it bit for bit.
+    vi = (sub_size - 1) * (1.0 - p)
+    prev = np.floor(vi).astype(np.int64)
+    nxt = np.minimum(prev + 1, sub_size - 1)
+    t = vi - prev
+    a, b = qs[start + prev], qs[start + nxt]
+    diff = b - a
+    thr = np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
+    thr = np.minimum(thr, qs[start + sub_size - 1])  # the max is always eligible
+    elig = np.empty(q.size, bool)
+    elig[order] = qs >= np.repeat(thr, sub_size)
+    return elig
+
+
+def _mixture(fn, codes, levels, depth, stage1, stage2, quality, p) -> _Mixture:
+    codes, levels = _b._check_codes(codes, levels, fn)
+    n, L = codes.shape
+    depth = _b._check_depth(depth, L, fn)
+    _b._radix(levels, depth, fn)
+    if not isinstance(stage2, str) or stage2 not in STAGE2_RULES:
+        raise ValueError(f"{fn}: stage2 must be one of {STAGE2_RULES}, got {stage2!r}")
+    m = _Mixture()
+    m.n, m.depth, m.stage2 = n, depth, stage2
+    m.l1_ids, m.n1, m.l1_inv = _b._group(codes[:, 0].astype(np.int64))
+    m.w = _stage1(stage1, m.l1_ids, m.n1, fn)
+    m.sub_ids, m.sub_size, m.sub_inv = _b._group(_b._pack(codes, depth, levels))
+    m.sub_l1 = np.searchsorted(m.l1_ids, m.sub_ids // math.prod(levels[1:depth]))
+    n_children = np.bincount(m.sub_l1, minlength=m.l1_ids.size)
+    w_doc = m.w[m.l1_inv]
+    if stage2 == "quality":
+        if quality is None:
+            raise ValueError(f"{fn}: stage2='quality' needs quality scores [N], got quality=None")
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+            raise ValueError(f"{fn}: p must be a fraction in (0, 1], got {p!r}")
+        q = _check_vector(quality, n, fn, "quality")
+        elig = _eligible_top(q, m.sub_inv, m.sub_size, float(p)) if n else np.zeros(0, bool)
+        m.sub_elig = np.bincount(m.sub_inv[elig], minlength=m.sub_ids.size)
+        m.sub_mass = m.w[m.sub_l1] * m.sub_size / m.n1[m.sub_l1]
+        m.prob = np.where(elig, w_doc * m.sub_size[m.sub_inv] / m.n1[m.l1_inv]
+                          / np.maximum(m.sub_elig, 1)[m.sub_inv], 0.0)
+    else:
+        m.sub_elig = m.sub_size
+        if stage2 == "coverage":
+            m.sub_mass = m.w[m.sub_l1] / n_children[m.sub_l1]
+            m.prob = w_doc / n_children[m.l1_inv] / m.sub_size[m.sub_inv]
+        else:
+            m.sub_mass = m.w[m.sub_l1] * m.sub_size / m.n1[m.sub_l1]
+            m.prob = w_doc / m.n1[m.l1_inv]
+    if stage2 == "random":
+        m.group_inv, m.group_mass, m.group_cap = m.l1_inv, m.w, m.n1
+        m.sub_group = m.sub_l1
+    else:
+        m.group_inv, m.group_mass, m.group_cap = m.sub_inv, m.sub_mass, m.sub_elig
+        m.sub_group = np.arange(m.sub_ids.size)
+    return m
+
+
+def probabilities(codes, levels=None, *, depth: int = 2, stage1="uniform", stage2="coverage",
+                  quality=None, p: float = 0.3) -> np.ndarray:
+    """P(x) = w_{b1} * pi_{b1}(B) * rho_B(x) for every document, exactly.
+
+    codes: integer [N, L]; levels as in ``hermes.buckets.bucket_ids``; depth: 1..L, the depth of
+    the sub-buckets B; stage1, stage2: the rules of the module docstring; quality: float [N]
+    scores (needed by stage2="quality"; ignored otherwise); p: the kept top fraction in (0, 1].
+    Returns float64 [N], non-negative, summing to 1 (up to rounding) when N > 0.
+    """
+    return _mixture("probabilities", codes, levels, depth, stage1, stage2, quality, p).prob
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+
+def _waterfill(mass: np.ndarray, cap: np.ndarray, budget: float) -> np.ndarray:
+    """Real allocation a [G] = min(lam * mass, cap) with sum(a) = budget (mass-0 groups get 0).
+
+    Requires budget <= sum of cap over mass > 0. Groups saturate in order of cap / mass.
+    """
+    a = np.zeros(mass.size)
+    pos = np.flatnonzero(mass > 0)
+    if budget <= 0 or pos.size == 0:
+        return a
+    m, c = mass[pos], cap[pos].astype(np.float64)
+    order = np.argsort(c / m, kind="stable")
+    ms, cs = m[order], c[order]
+    before = np.r_[0.0, np.cumsum(cs)[:-1]]            # capacity of the groups saturated first
+    rest = np.cumsum(ms[::-1])[::-1]                  # mass of the groups not yet saturated
+    j = np.searchsorted(before + cs / ms * rest, budget, side="left")
+    if j >= pos.size:
+        a[pos] = c
+        return a
+    lam = (budget - before[j]) / rest[j]
+    a[pos] = np.minimum(lam * m, c)
+    return a
+
+
+def _merge_order(group: np.ndarray, mass: np.ndarray, rng):
+    """Draw order of documents for sampling without replacement.
+
+    group: int64 [E] group of each eligible document; mass: float64 [G] > 0 for used groups.
+    Each group's documents are put in uniform random order (rank r = 0, 1, ...); a document's
+    time is (r + phi_g) / mass_g with phi_g ~ U[0, 1) per group; documents are returned by
+    increasing time. Any prefix of this order is a uniform sample without replacement inside
+    every group, with group counts within one of water-filling ``min(lam * mass_g, size_g)``.
+    Returns (order int64 [E], time float64 [E]): ``order`` sorts the documents by (group,
+    random key) and time[i] is the time of document order[i].
+    """
+    e, g_count = group.size, mass.size
+    rbits = 62 - max(1, int(g_count).bit_length())
+    key = (group << rbits) | rng.integers(0, 1 << rbits, size=e, dtype=np.int64)
+    order = np.argsort(key)
+    gs = group[order]
+    sizes = np.bincount(gs, minlength=g_count)
+    rank = np.arange(e) - np.repeat(np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+    phase = rng.random(g_count)
+    return order, (rank + phase[gs]) / mass[gs]
+
+
+def _check_budget(budget, by_tokens: bool, fn: str):
+    if not by_tokens:
+        return _b._check_int(budget, fn, "budget", lo=0)
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, numbers.Real) \
+            or not math.isfinite(budget) or budget < 0:
+        raise ValueError(f"{fn}: budget must be a finite number of tokens >= 0, got {budget!r}")
+    return float(budget)
+
+
+def sample(codes, budget, *, levels=None, depth: int = 2, stage1="uniform", stage2="coverage",
+           quality=None, p: float = 0.3, tokens=None, replace: bool = False, seed=0):
+    """Draw documents from the mixture P (see ``probabilities``).
+
+    codes: integer [N, L]; budget: number of documents (int), or of tokens when ``tokens`` is
+    given; levels, depth, stage1, stage2, quality, p: as in ``probabilities``; tokens: [N]
+    non-negative token counts or None; replace: draw with replacement; seed: int or
+    np.random.Generator (same seed, same draw).
+
+    With replacement: i.i.d. draws from P (inverse CDF). With a token budget, draws continue
+    until the drawn tokens reach ``budget``: the draw that reaches it is kept, none after it.
+    Without replacement: the budget is spread over the groups in which P is uniform (the
+    sub-buckets B, or the L1 buckets for "random") in proportion to their mass, and a group
+    whose eligible documents run out gives its share to the others (water-filling, so each
+    group gets min(lam * mass_g, pool_g)). Documents are drawn uniformly without replacement
+    inside each group; the documents are interleaved by ``time = (rank in a random order of the
+    group + phi_g) / mass_g`` with a random phase phi_g per group, and the sample is the
+    shortest prefix of that order holding ``budget`` documents, or with ``tokens``, whose
+    tokens reach ``budget`` (the last document may overshoot it). Each group's count is then
+    within about one document of its share. A budget above the pool (documents, or tokens,
+    with P > 0) raises ValueError. P weighs documents in both modes: with a token budget a
+    group's token share also follows the lengths of its documents.
+
+    Returns (indices int64 [n] in draw order, plan), plan a dict of arrays [S], one entry per
+    occupied sub-bucket at ``depth``: "l1" (its L1 bucket c1), "bucket" (packed id), "size",
+    "eligible" (documents stage 2 may draw: those passing the quality filter, else all),
+    "mass" (sum of P over it), "expected" (n * mass, the expected documents for the n drawn),
+    "target" (the water-filled share of the n documents without replacement; equals expected
+    with replacement), "drawn" (documents drawn, with multiplicity), and with ``tokens`` also
+    "tokens" (tokens drawn).
+    """
+    fn = "sample"
+    mix = _mixture(fn, codes, levels, depth, stage1, stage2, quality, p)
+    by_tokens = tokens is not None
+    budget = _check_budget(budget, by_tokens, fn)
+    tok = _check_vector(tokens, mix.n, fn, "tokens") if by_tokens else None
+    if by_tokens and (tok < 0).any():
+        row = int(np.flatnonzero(tok < 0)[0])
+        raise ValueError(f"{fn}: tokens must be >= 0; row {row} is {tok[row]}")
+    rng = np.random.default_rng(seed)
+    prob = mix.prob
+    unit = "tokens" if by_tokens else "documents"
+    if replace:
+        pool = float(prob @ tok) if by_tokens else float(mix.n)
+        if budget > 0 and pool <= 0:
+            raise ValueError(f"{fn}: budget={budget} {unit} cannot be met: the documents with "
+                             f"P > 0 hold 0 {unit}")
+        idx = _draw_replace(prob, budget, tok, rng)
+    else:
+        elig = np.flatnonzero(prob > 0)
+        pool = float(tok[elig].sum()) if by_tokens else elig.size
+        if budget > pool:
+            raise ValueError(f"{fn}: budget={budget} exceeds the pool of {pool:g} {unit} with "
+                             f"P > 0 (stage2={stage2!r}); lower budget or use replace=True")
+        idx = _draw_merge(mix, elig, budget, tok, rng)
+    return idx, _plan(mix, idx, tok, replace)
+
+
+def _draw_replace(prob, budget, tok, rng) -> np.ndarray:
+    cdf = np.cumsum(prob)
+    if cdf.size == 0 or budget == 0:
+        return np.zeros(0, np.int64)
+    cdf /= cdf[-1]
+    draw = lambda m: np.minimum(np.searchsorted(cdf, rng.random(m), side="right"),  # noqa: E731
+                                cdf.size - 1).astype(np.int64)
+    if tok is None:
+        return draw(budget)
+    per_draw, parts, total = float(prob @ tok), [], 0.0
+    while True:  # batches sized to the expected number of draws; a few at most
+        m = int(min(1 << 24, math.ceil((budget - total) / per_draw * 1.05) + 16))
+        idx = draw(m)
+        reached = total + np.cumsum(tok[idx])
+        stop = int(np.searchsorted(reached, budget, side="left"))
+        if stop < m:
+            parts.append(idx[:stop + 1])
+            return np.concatenate(parts)
+        parts.append(idx)
+        total = float(reached[-1])
+
+
+def _draw_merge(mix, elig, budget, tok, rng) -> np.ndarray:
+    if budget == 0 or elig.size == 0:
+        return np.zeros(0, np.int64)
+    order, time = _merge_order(mix.group_inv[elig], mix.group_mass, rng)
+    if tok is None and budget < elig.size:
+        first = np.argpartition(time, budget - 1)[:budget]
+        first = first[np.argsort(time[first], kind="stable")]
+    else:
+        first = np.argsort(time, kind="stable")
+        if tok is not None:
+            reached = np.cumsum(tok[elig[order[first]]])
+            first = first[:int(np.searchsorted(reached, budget, side="left")) + 1]
+    return elig[order[first]]
+
+
+def _plan(mix, idx, tok, replace) -> dict:
+    s = mix.sub_ids.size
+    drawn = np.bincount(mix.sub_inv[idx], minlength=s)
+    expected = idx.size * mix.sub_mass
+    if replace:
+        target = expected
+    else:  # water-filled share of each group, split over its sub-buckets by eligible documents
+        share = _waterfill(mix.group_mass, mix.group_cap, idx.size)
+        target = share[mix.sub_group] * mix.sub_elig / mix.group_cap[mix.sub_group]
+    plan = {"l1": mix.l1_ids[mix.sub_l1], "bucket": mix.sub_ids, "size": mix.sub_size,
+            "eligible": mix.sub_elig, "mass": mix.sub_mass, "expected": expected,
+            "target": target, "drawn": drawn}
+    if tok is not None:
+        plan["tokens"] = np.bincount(mix.sub_inv[idx], weights=tok[idx], minlength=s)
+    return plan

@@ -1,0 +1,169 @@
+"""hermes.metrics against hand-computed cases, brute-force loops and scikit-learn."""
+import math
+
+import numpy as np
+import pytest
+
+from hermes import buckets as hb
+from hermes import metrics as hm
+
+sk = pytest.importorskip("sklearn.metrics")
+
+
+def brute_centroid_cosine(x, ids):
+    u = x.astype(np.float64)
+    norms = np.linalg.norm(u, axis=1, keepdims=True)
+    u = np.divide(u, norms, out=np.zeros_like(u), where=norms > 0)
+    total = 0.0
+    for b in np.unique(ids):
+        m = u[ids == b].sum(0)
+        if np.linalg.norm(m) > 0:
+            total += (u[ids == b] @ (m / np.linalg.norm(m))).sum()
+    return total / len(ids)
+
+
+def brute_recall(x, ids, k, queries):
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    out = []
+    for i in queries:
+        sim = u @ u[i]
+        sim[i] = -np.inf
+        nbr = np.argsort(-sim)[:k]
+        out.append(np.mean(ids[nbr] == ids[i]))
+    return float(np.mean(out))
+
+
+def test_entropy_hand():
+    assert hm.entropy([0, 0, 1, 1]) == pytest.approx(math.log(2))
+    assert hm.effective_buckets([0, 0, 1, 1]) == pytest.approx(2.0)
+    assert hm.entropy(np.array([5, 5, 5])) == 0.0 and hm.effective_buckets([5]) == 1.0
+    p = np.array([3, 1]) / 4
+    assert hm.entropy([7, 7, 7, 2]) == pytest.approx(-(p * np.log(p)).sum())
+    assert math.isnan(hm.entropy(np.zeros(0, np.int64)))
+
+
+def test_centroid_cosine_hand():
+    x = np.array([[1.0, 0], [0, 2.0], [3.0, 0], [3.0, 0]])
+    # bucket 0: two orthogonal unit vectors -> each has cos 1/sqrt(2); bucket 1: identical -> 1
+    assert hm.centroid_cosine(x, [0, 0, 1, 1]) == pytest.approx((2 / math.sqrt(2) + 2) / 4)
+    # antipodal members: mean direction undefined, counted as 0
+    assert hm.centroid_cosine(np.array([[1.0, 0], [-1.0, 0]]), [0, 0]) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 257])
+def test_centroid_cosine_brute(n):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 13)) + 0.5
+    x[0] = 0.0  # a zero row stays zero
+    ids = rng.integers(0, 6, n) * 1000
+    ref = brute_centroid_cosine(x, ids)
+    assert hm.centroid_cosine(x, ids) == pytest.approx(ref, abs=1e-12)
+    # tiny chunks: buckets span chunk boundaries
+    assert hm.centroid_cosine(x, ids, chunk_bytes=8 * 13 * 3) == pytest.approx(ref, abs=1e-12)
+    x16 = x.astype(np.float16)
+    assert hm.centroid_cosine(x16, ids) == pytest.approx(brute_centroid_cosine(x16, ids), abs=1e-9)
+
+
+def test_torch_inputs():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 9)).astype(np.float32)
+    ids = rng.integers(0, 4, 64)
+    xt, it = torch.from_numpy(x), torch.from_numpy(ids)
+    assert hm.centroid_cosine(xt, it) == pytest.approx(hm.centroid_cosine(x, ids), abs=1e-12)
+    assert hm.centroid_cosine(xt.bfloat16(), it) == pytest.approx(hm.centroid_cosine(x, ids), abs=1e-2)
+    assert hm.recall_at_k(xt, it, 3) == hm.recall_at_k(x, ids, 3)
+    assert hm.entropy(it) == hm.entropy(ids)
+
+
+@pytest.mark.parametrize("n, k", [(2, 1), (31, 5), (257, 10)])
+def test_recall_exact(n, k):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 11))
+    ids = rng.integers(0, 3, n)
+    assert hm.recall_at_k(x, ids, k) == pytest.approx(brute_recall(x, ids, k, range(n)))
+    assert hm.recall_at_k(x, ids, k, batch=7) == hm.recall_at_k(x, ids, k)
+
+
+def test_recall_sampled_queries():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 8))
+    ids = rng.integers(0, 4, 300)
+    q = np.sort(np.random.default_rng(3).choice(300, size=40, replace=False))
+    got = hm.recall_at_k(x, ids, 4, exact_max=100, sample=40, seed=3)
+    assert got == pytest.approx(brute_recall(x, ids, 4, q))
+    assert got == hm.recall_at_k(x, ids, 4, exact_max=100, sample=40, seed=3)
+
+
+def test_recall_hand():
+    # two tight clusters, each its own bucket: every neighbour shares the bucket
+    x = np.array([[1, 0.01], [1, 0.02], [1, 0.03], [-1, 0.01], [-1, 0.02], [-1, 0.03]])
+    assert hm.recall_at_k(x, [0, 0, 0, 1, 1, 1], k=2) == 1.0
+    assert hm.recall_at_k(x, [0, 1, 2, 3, 4, 5], k=2) == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 31, 257])
+def test_nmi_purity_vs_sklearn(n):
+    rng = np.random.default_rng(n)
+    labels = rng.choice(np.array(["news", "code", "math", "law"]), n)
+    ids = rng.integers(0, 5, n) * 77 + (labels == "code")
+    assert hm.nmi(labels, ids) == pytest.approx(sk.normalized_mutual_info_score(labels, ids), abs=1e-12)
+    cm = sk.cluster.contingency_matrix(labels, ids)
+    assert hm.purity(labels, ids) == pytest.approx(cm.max(axis=0).sum() / n)
+    int_labels = rng.integers(-3, 3, n)
+    assert hm.nmi(int_labels, ids) == pytest.approx(sk.normalized_mutual_info_score(int_labels, ids), abs=1e-12)
+
+
+def test_nmi_purity_edge_cases():
+    assert hm.nmi([1, 1, 1], [4, 4, 4]) == 1.0 == sk.normalized_mutual_info_score([1, 1, 1], [4, 4, 4])
+    assert hm.nmi([0, 1, 0, 1], [0, 0, 1, 1]) == 0.0
+    assert hm.nmi([0, 0, 1, 1], [5, 5, 9, 9]) == pytest.approx(1.0)
+    assert hm.purity(["a", "a", "b", "b", "b"], [0, 0, 0, 1, 1]) == pytest.approx(4 / 5)
+    assert math.isnan(hm.purity(np.zeros(0), np.zeros(0, np.int64)))
+
+
+def test_report():
+    rng = np.random.default_rng(9)
+    levels = (4, 3, 5)
+    n = 257
+    codes = np.stack([rng.integers(0, k, n) for k in levels], 1)
+    x = rng.standard_normal((n, 10)).astype(np.float32)
+    labels = rng.integers(0, 3, n)
+    rows = hm.report(x, codes, levels, labels=labels, k=5, small=4)
+    assert [r["depth"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        ids = hb.bucket_ids(codes, r["depth"], levels)
+        assert r["entropy"] == pytest.approx(hm.entropy(ids))
+        assert r["effective_buckets"] == pytest.approx(hm.effective_buckets(ids))
+        assert r["centroid_cosine"] == pytest.approx(hm.centroid_cosine(x, ids))
+        assert r["recall_at_k"] == pytest.approx(hm.recall_at_k(x, ids, 5))
+        assert r["nmi"] == pytest.approx(hm.nmi(labels, ids))
+        assert r["purity"] == pytest.approx(hm.purity(labels, ids))
+        st = hb.pool_sizes(codes, levels, r["depth"], small=4)
+        assert all(r[k] == st[k] for k in ("n_buckets", "median", "p90", "share_below"))
+    assert rows[0]["purity"] <= rows[1]["purity"] <= rows[2]["purity"]
+    slim = hm.report(None, codes, levels, k=None)
+    assert "recall_at_k" not in slim[0] and "nmi" not in slim[0] and "centroid_cosine" not in slim[0]
+    text = hm.format_report(rows)
+    assert "recall_at_k" in text and "L123" in text
+    empty = hm.report(np.zeros((0, 4)), np.zeros((0, 2), np.int32), (3, 3))
+    assert len(empty) == 2 and empty[0]["n_buckets"] == 0
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: hm.entropy(np.zeros((3, 2), np.int64)), ValueError, r"entropy: ids must be a 1-d .*bucket_ids"),
+    (lambda: hm.effective_buckets(np.zeros(3)), TypeError, r"effective_buckets: ids .*float64"),
+    (lambda: hm.centroid_cosine(np.zeros((4, 3)), [0, 0, 1]), ValueError, r"centroid_cosine: x has 4 rows but ids has 3"),
+    (lambda: hm.centroid_cosine(np.zeros(4), [0, 0, 1, 1]), TypeError, r"centroid_cosine: x must be a 2-d float"),
+    (lambda: hm.centroid_cosine(np.zeros((4, 2), np.int64), [0, 0, 1, 1]), TypeError, r"x must be a 2-d float"),
+    (lambda: hm.recall_at_k(np.ones((4, 3)), [0, 0, 1, 1], k=4), ValueError, r"recall_at_k: k=4 needs at least k \+ 1 = 5 documents, got N=4"),
+    (lambda: hm.recall_at_k(np.ones((4, 3)), [0, 0, 1, 1], k=0), ValueError, r"recall_at_k: k must be"),
+    (lambda: hm.recall_at_k(np.ones((4, 3)), [0, 0, 1, 1], k=1, batch=0), ValueError, r"batch"),
+    (lambda: hm.nmi([0, 1], [0, 1, 1]), ValueError, r"nmi: labels has 2 entries but ids has 3"),
+    (lambda: hm.purity(np.zeros((3, 1)), [0, 1, 1]), ValueError, r"purity: labels must be a 1-d"),
+    (lambda: hm.report(np.ones((3, 2)), np.zeros((4, 2), np.int32)), ValueError, r"report: x has 3 rows"),
+    (lambda: hm.report(None, np.zeros((4, 2), np.int32), labels=[1]), ValueError, r"report: labels has 1"),
+])
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
