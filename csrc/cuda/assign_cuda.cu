@@ -47,6 +47,10 @@ std::string device_error() {
   cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) {
     cudaGetLastError();
+    if (err == cudaErrorInsufficientDriver)
+      return "no usable NVIDIA driver: none is installed, or it is older than the CUDA " + runtime_version() +
+             " runtime hermes was built with (" + cudaGetErrorString(err) + ")";
+    if (err == cudaErrorNoDevice) return "no CUDA device is visible (cudaErrorNoDevice)";
     return std::string("CUDA runtime reports: ") + cudaGetErrorString(err);
   }
   return n == 0 ? "no CUDA device is visible" : "";
