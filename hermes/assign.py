@@ -49,6 +49,19 @@ def _cpu_source(fn: str, x):
     return (lambda lo, hi: np.ascontiguousarray(x[lo:hi], dtype=np.float32)), x.shape[0]
 
 
+def _tensor(a: np.ndarray):
+    """torch view of a numpy array that hermes only reads (memmaps and arrow buffers are read-only)."""
+    import warnings
+
+    import torch
+
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 def _raise_bad_row(fn: str, row: int):
     raise ValueError(f"{fn}: x row {row} contains NaN or Inf")
 
@@ -72,7 +85,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress):
                 bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
                 if bad >= 0:
                     _raise_bad_row(fn, lo + bad)
-                g = torch.mm(torch.from_numpy(xb), M).numpy()
+                g = torch.mm(_tensor(xb), M).numpy()
                 for l, K in enumerate(model.levels):
                     o = t.offsets[l]
                     _C.argmin_level_cpu(g, o, K, l, metric, t.beta[o:o + K], t.cterm[l], t.T[l], inv_s, cb, nt)
@@ -96,7 +109,7 @@ def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int) -> np.n
     if model.W is None:
         h = xb + t.bias if model.b is not None else xb.copy()
     else:
-        h = torch.addmm(torch.from_numpy(t.bias), torch.from_numpy(xb), torch.from_numpy(t.wt)).numpy()
+        h = torch.addmm(torch.from_numpy(t.bias), _tensor(xb), torch.from_numpy(t.wt)).numpy()
     bad = _C.normalize_rows_cpu(h, model.normalize, nt)
     if bad >= 0:
         _raise_bad_row(fn, row0 + bad)

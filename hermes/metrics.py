@@ -116,7 +116,14 @@ def _neighbors(x, k: int, queries: np.ndarray, batch: int) -> np.ndarray:
     """
     import torch
 
-    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, torch.Tensor):
+        xt = x
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # a read-only memmap is fine: it is only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            xt = torch.from_numpy(np.ascontiguousarray(x))
     xt = torch.nn.functional.normalize(xt.float(), dim=1)
     n = xt.shape[0]
     q_t = torch.from_numpy(queries).to(xt.device)

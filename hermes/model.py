@@ -195,6 +195,9 @@ class Model:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=meta)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -24,7 +24,8 @@ constexpr int kThreadsX = 16;     // threads along columns
 constexpr int kThreadsY = 16;     // threads along rows
 constexpr int kMicro = 4;         // each thread owns 4 rows x 4 columns, strided by 16
 constexpr int kGemmThreads = kThreadsX * kThreadsY;
-constexpr int kRowsPerNormBlock = 8;  // one warp per row, 8 warps per block
+constexpr int kRowsPerNormBlock = 8;
+constexpr int kPadRows = kTileRows + 1;  // As row pitch: the transposed stores hit 16 distinct banks  // one warp per row, 8 warps per block
 constexpr unsigned kFullMask = 0xffffffffu;
 
 __device__ __forceinline__ float to_float(float v) { return v; }
@@ -74,7 +75,7 @@ template <typename T>
 __device__ __forceinline__ void tile_dot(const T* __restrict__ a, int64_t n, int64_t d, int64_t lda,
                                          const float* __restrict__ b, int64_t ldb, int64_t ncols,
                                          int64_t row0, int64_t col0,
-                                         float (&As)[kTileK][kTileRows], float (&Bs)[kTileK][kTileCols],
+                                         float (&As)[kTileK][kPadRows], float (&Bs)[kTileK][kTileCols],
                                          float (&acc)[kMicro][kMicro]) {
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int t = ty * kThreadsX + tx;
@@ -113,7 +114,7 @@ __global__ void gemm_argmin_kernel(const T* __restrict__ a,      // [N, d], row 
                                    core::LevelParams p,
                                    const float* __restrict__ inv_s,  // [N] or nullptr
                                    int32_t* __restrict__ codes) {    // [N, L]
-  __shared__ float As[kTileK][kTileRows];
+  __shared__ float As[kTileK][kPadRows];
   __shared__ float Bs[kTileK][kTileCols];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
@@ -154,7 +155,7 @@ __global__ void affine_kernel(const T* __restrict__ x,        // [N, d], row str
                               const float* __restrict__ wt,   // [d, d] = W^T
                               const float* __restrict__ bias, // [d]
                               float* __restrict__ h) {        // [N, d] contiguous
-  __shared__ float As[kTileK][kTileRows];
+  __shared__ float As[kTileK][kPadRows];
   __shared__ float Bs[kTileK][kTileCols];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;

@@ -1,0 +1,4 @@
+"""``python -m hermes``: the hermes command line (see hermes.cli)."""
+from .cli import main
+
+main(prog_name="hermes")

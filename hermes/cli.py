@@ -1,0 +1,461 @@
+"""The ``hermes`` command line: fit a model, label shards, inspect buckets, draw a mixture, show the build.
+
+Every command has ``--help``. Bad input ends with exit code 1 and a one-line ``Error: ...`` naming the file,
+column or row (set ``HERMES_DEBUG=1`` for the traceback). Files are written atomically (temp file + rename).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ._version import __version__
+from .label import _publish_mode
+
+_USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
+
+
+class _Group(click.Group):
+    """A click group with command aliases, whose commands turn user errors into one-line ClickExceptions."""
+
+    aliases = {"assign": "label"}
+
+    def get_command(self, ctx, cmd_name):
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except _USER_ERRORS as e:
+            if os.environ.get("HERMES_DEBUG"):
+                raise
+            msg = " ".join(str(e).split()) or type(e).__name__
+            if isinstance(e, KeyError):
+                msg = f"missing key {msg}"
+            raise click.ClickException(msg) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(version=__version__, prog_name="hermes", message="%(prog)s %(version)s")
+def main():
+    """hermes: multi-granularity labels (L1, L12, L123 buckets) for pre-training data mixtures.
+
+    \b
+    Typical flow:
+      hermes fit emb.npy --out model.safetensors      # learn the transform + 3-stage RVQ
+      hermes label --model model.safetensors --out labels/ shards/
+      hermes stats labels/ --embeddings emb.npy        # metrics and pool sizes per depth
+      hermes mix labels/ --budget 100000 --out sample.parquet
+    """
+
+
+# -------------------------------------------------------------------------------------- helpers
+def _atomic_path(path: Path, write) -> None:
+    """Calls write(tmp_path) on a temporary file next to ``path``, then renames it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        _publish_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _parse_levels(ctx, param, value):
+    try:
+        levels = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 256,256,256, got {value!r}") from None
+    if not levels or any(k < 1 for k in levels):
+        raise click.BadParameter(f"every level needs at least 1 codeword, got {value!r}")
+    return levels
+
+
+def _rate(rows: int, seconds: float) -> str:
+    return f"{rows / seconds:,.0f} rows/s" if rows and seconds > 0 else "-"
+
+
+def _read_vector(path: str, col: str | None, what: str) -> np.ndarray:
+    """A per-row vector [N] from .npy, .parquet (column col), .jsonl (key col) or .txt/.csv-less text lines."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--{what}: no such file: {p}")
+    ext = p.suffix.lower()
+    if ext == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except Exception as e:
+            raise ValueError(f"--{what}: {p} is not a readable .npy file: {e}") from None
+        if a.ndim != 1:
+            raise ValueError(f"--{what}: {p} must hold a 1-d array [N], got shape {a.shape}")
+        return a
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(p).names
+        except Exception as e:
+            raise ValueError(f"--{what}: {p} is not a readable parquet file: {e}") from None
+        if col is None and len(names) == 1:
+            col = names[0]
+        if col not in names:
+            raise ValueError(f"--{what}: {p} has no column {col!r} (columns: {names[:12]}); name it with "
+                             f"--{what}-col")
+        return pq.read_table(p, columns=[col]).column(0).to_numpy(zero_copy_only=False)
+    if ext == ".jsonl":
+        if col is None:
+            raise ValueError(f"--{what}: name the key of {p} to read with --{what}-col")
+        out = []
+        with open(p) as f:
+            for i, line in enumerate(f):
+                try:
+                    out.append(json.loads(line)[col])
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"--{what}: {p} line {i + 1}: no key {col!r} ({type(e).__name__})") from None
+        return np.asarray(out)
+    if ext == ".txt":
+        return np.asarray(p.read_text().splitlines())
+    raise ValueError(f"--{what}: {p} must be .npy, .parquet, .jsonl or .txt")
+
+
+def _per_row(lab, file: str | None, col: str | None, what: str) -> np.ndarray | None:
+    """--WHAT FILE [--WHAT-col COL] or --WHAT-col COL alone (a column of the labels files or their sources)."""
+    if file is None and col is None:
+        return None
+    if file is not None:
+        v = _read_vector(file, col, what)
+        src = file
+    else:
+        v = lab.column(col, fn=f"--{what}-col")
+        src = f"column {col!r}"
+    if v.shape[0] != lab.codes.shape[0]:
+        raise ValueError(f"--{what}: {src} has {v.shape[0]} rows, the labels have {lab.codes.shape[0]}")
+    return v
+
+
+def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
+    try:
+        v = v.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{what}: {src} must be numeric, got dtype {v.dtype}") from None
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"--{what}: {src} is {v[i]} at row {int(lab.rows[i])} of shard {lab.shards[lab.shard[i]]} "
+                         f"(row {i} overall, {bad.size} such rows)")
+    return v
+
+
+# ------------------------------------------------------------------------------------------ fit
+@main.command(short_help="Fit a model (transform + RVQ) on embeddings.")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors).")
+@click.option("--levels", default="256,256,256", show_default=True, callback=_parse_levels,
+              help="Codebook sizes per stage, comma-separated.")
+@click.option("--method", type=click.Choice(["hermes", "rvq"]), default="hermes", show_default=True,
+              help="hermes: learned transform + RVQ; rvq: plain residual VQ baseline.")
+@click.option("--metric", type=click.Choice(["cos", "l2"]), default="cos", show_default=True,
+              help="Assignment metric at each stage.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: fit's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Minibatch size (default: fit's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="torch device for training (cpu, cuda, cuda:N).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="Write a checkpoint per epoch here.")
+@click.option("--resume", is_flag=True, help="Resume from the last checkpoint in --checkpoint-dir.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Fit on this many rows drawn uniformly at random (default: all).")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet inputs.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors inputs (default: the only 2-d one).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+        column, tensor, progress):
+    """Fit a model on embeddings INPUT... (.npy, .safetensors, parquet) and save it to --out."""
+    from .label import read_embeddings
+
+    try:
+        from . import train
+    except ImportError as e:
+        raise click.ClickException(f"hermes.train is not available in this build ({e})") from None
+    if resume and not checkpoint_dir:
+        raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
+    t0 = time.perf_counter()
+    x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
+    kw = dict(method=method, metric=metric, seed=seed, progress=progress)
+    for k, v in dict(epochs=epochs, batch_size=batch_size, device=device, checkpoint_dir=checkpoint_dir).items():
+        if v is not None:
+            kw[k] = v
+    if resume:
+        kw["resume"] = True
+    model = train.fit(x, levels, **kw)
+    t2 = time.perf_counter()
+    model.save(out)
+    click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
+               f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
+
+
+# ---------------------------------------------------------------------------------------- label
+@main.command("label", short_help="Label embedding shards (alias: assign).")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--model", "-m", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Model file written by `hermes fit` or Model.save.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet inputs.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors inputs (default: the only 2-d one).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Rows per batch (bounds the memory).")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
+@click.option("--overwrite", is_flag=True, help="Relabel shards whose output already exists.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overwrite, progress):
+    """Label embedding shards INPUT... (files or directories) into --out, one parquet file per shard.
+
+    Alias: `hermes assign`. Each output holds row, c1..cL and bucket_L1.. ids; it appears only when complete,
+    and a rerun skips the shards already done. out/manifest.json lists the shards when all are done.
+    """
+    from .label import label
+
+    rep = label(list(inputs), model_path, out, column=column, tensor=tensor, batch_size=batch_size,
+                device=device, progress=progress, overwrite=overwrite)
+    n = len(rep.manifest["shards"])
+    click.echo(f"labeled {len(rep.labeled)} shard(s) ({rep.rows_labeled:,} rows, "
+               f"{_rate(rep.rows_labeled, rep.seconds)}), {len(rep.skipped)} already done; "
+               f"{out}/manifest.json lists {n} shard(s), {rep.rows:,} rows")
+
+
+# ---------------------------------------------------------------------------------------- stats
+_METRIC_COLS = ["name", "n_buckets", "entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity"]
+_POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min", "p10", "median", "mean", "p90",
+              "max", "share_below"]
+
+
+@main.command(short_help="Metrics and pool sizes per depth.")
+@click.argument("labels_paths", nargs=-1, required=True, metavar="LABELS...")
+@click.option("--embeddings", "-e", multiple=True, help="Embeddings in the labels' row order (repeatable), for "
+              "centroid cosine and Recall@k.")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet embeddings.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors embeddings.")
+@click.option("--labels", "classes_file", default=None, help="Reference classes per row for NMI and purity "
+              "(.npy, .parquet, .jsonl, .txt).")
+@click.option("--labels-col", "classes_col", default=None, help="Column/key of --labels, or alone: a column of "
+              "the labels files or of their parquet sources.")
+@click.option("--k", type=click.IntRange(min=0), default=10, show_default=True, help="Recall@k (0: skip it).")
+@click.option("--queries", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Recall@k query documents (all when N is at most this).")
+@click.option("--small", type=click.IntRange(min=0), default=30, show_default=True,
+              help="share_below counts buckets with fewer documents than this.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw bucket-size distributions per depth to this image (needs matplotlib).")
+def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, small, plot):
+    """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
+    from .buckets import format_table, summary_table
+    from .label import read_embeddings, read_labels
+    from .metrics import format_report, report
+
+    if plot:
+        _require_matplotlib()
+    lab = read_labels(list(labels_paths), fn="hermes stats")
+    n = lab.codes.shape[0]
+    x = None
+    if embeddings:
+        x = read_embeddings(list(embeddings), column=column, tensor=tensor, fn="hermes stats")
+        if x.shape[0] != n:
+            raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {x.shape[0]:,} rows, the labels hold {n:,}")
+        if isinstance(x, np.memmap):
+            x = np.array(x)  # the metrics need every row in memory; a read-only map upsets torch.from_numpy
+    classes = _per_row(lab, classes_file, classes_col, "labels")
+    rows = report(x, lab.codes, lab.levels, labels=classes, k=(k or None), small=small, exact_max=queries,
+                  sample=queries)
+    cols = [c for c in _METRIC_COLS if c in rows[0]]
+    click.echo(f"{n:,} documents in {len(lab.files)} labels file(s), levels {','.join(map(str, lab.levels))}")
+    click.echo(format_report(rows, cols))
+    click.echo("")
+    click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small})")
+    click.echo(format_table(summary_table(lab.codes, lab.levels, small=small), _POOL_COLS))
+    if plot:
+        _plot_sizes(lab, Path(plot))
+        click.echo(f"plot -> {plot}")
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.ClickException("--plot needs matplotlib, which is not installed: "
+                                   "pip install matplotlib (or hermes-rvq[plot])") from None
+
+
+def _plot_sizes(lab, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .buckets import bucket_ids, bucket_sizes, depth_name
+
+    L = lab.codes.shape[1]
+    fig, axes = plt.subplots(1, L, figsize=(4.2 * L, 3.4), squeeze=False)
+    for depth, ax in zip(range(1, L + 1), axes[0]):
+        sizes = bucket_sizes(bucket_ids(lab.codes, depth, lab.levels))[1]
+        hi = max(int(sizes.max()) if sizes.size else 1, 2)
+        ax.hist(sizes, bins=np.unique(np.geomspace(1, hi + 1, 40).astype(int)), color="C0")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{depth_name(depth)}: {sizes.size:,} buckets, median {np.median(sizes) if sizes.size else 0:g}")
+        ax.set_xlabel("documents per bucket")
+    axes[0][0].set_ylabel("buckets")
+    fig.tight_layout()
+    suffix = path.suffix or ".png"
+    _atomic_path(path, lambda tmp: fig.savefig(tmp, format=suffix.lstrip("."), dpi=120))
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ mix
+def _parse_stage1(value: str):
+    if value in ("uniform", "proportional"):
+        return value
+    try:
+        tau = float(value)
+    except ValueError:
+        if Path(value).suffix.lower() not in (".json", ".csv"):
+            raise click.BadParameter(f"expected uniform, proportional, a temperature > 0, or a .json/.csv weights "
+                                     f"file, got {value!r}", param_hint="--stage1") from None
+        if not Path(value).is_file():
+            raise click.BadParameter(f"weights file {value} does not exist", param_hint="--stage1") from None
+        return value
+    if not tau > 0:
+        raise click.BadParameter(f"a temperature must be > 0, got {value}", param_hint="--stage1")
+    return tau
+
+
+@main.command(short_help="Draw a two-stage mixture sample.")
+@click.argument("labels_paths", nargs=-1, required=True, metavar="LABELS...")
+@click.option("--budget", required=True, help="Documents to draw (or tokens, with --tokens/--tokens-col).")
+@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Depth of the stage-2 sub-buckets (2: L12, 3: L123).")
+@click.option("--stage1", default="uniform", show_default=True,
+              help="L1 weights: uniform, proportional, a temperature (e.g. 2.0), or weights.json/.csv.")
+@click.option("--stage2", type=click.Choice(["coverage", "quality", "random"]), default="coverage", show_default=True,
+              help="Within-L1 rule.")
+@click.option("--quality", "quality_file", default=None, help="Quality scores per row (.npy, .parquet, .jsonl).")
+@click.option("--quality-col", default=None, help="Column/key of --quality, or alone: a column of the labels "
+              "files or of their parquet sources.")
+@click.option("--p", "p", type=float, default=0.3, show_default=True, help="Kept top fraction for --stage2 quality.")
+@click.option("--tokens", "tokens_file", default=None, help="Token counts per row (makes --budget a token budget).")
+@click.option("--tokens-col", default=None, help="Column of the token counts (as --quality-col).")
+@click.option("--replace", is_flag=True, help="Draw with replacement.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Drawn documents (parquet: shard, row, bucket, l1), in draw order.")
+@click.option("--plan", default=None, type=click.Path(dir_okay=False),
+              help="Per-bucket plan (.parquet or .csv; default: OUT with suffix .plan.parquet).")
+def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, p, tokens_file, tokens_col, replace,
+        seed, out, plan):
+    """Draw a two-stage mixture sample (L1 weights, then a rule within each L1 bucket) from LABELS...."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .buckets import depth_name, unpack
+    from .label import read_labels
+    from .mix import sample
+
+    stage1 = _parse_stage1(stage1)
+    lab = read_labels(list(labels_paths), fn="hermes mix")
+    if depth > lab.codes.shape[1]:
+        raise click.BadParameter(f"the labels have {lab.codes.shape[1]} levels; depth {depth} is too deep",
+                                 param_hint="--depth")
+    quality = _per_row(lab, quality_file, quality_col, "quality")
+    if quality is not None:
+        quality = _check_finite_rows(lab, quality, "quality", quality_file or f"column {quality_col!r}")
+    if stage2 == "quality" and quality is None:
+        raise click.BadParameter("--stage2 quality needs --quality FILE or --quality-col COL", param_hint="--stage2")
+    tokens = _per_row(lab, tokens_file, tokens_col, "tokens")
+    if tokens is not None:
+        tokens = _check_finite_rows(lab, tokens, "tokens", tokens_file or f"column {tokens_col!r}")
+    try:
+        b = float(budget)
+    except ValueError:
+        raise click.BadParameter(f"expected a number, got {budget!r}", param_hint="--budget") from None
+    if tokens is None:
+        if not b.is_integer() or b < 0:
+            raise click.BadParameter(f"a document budget must be a whole number >= 0, got {budget}",
+                                     param_hint="--budget")
+        b = int(b)
+    idx, pl = sample(lab.codes, b, levels=lab.levels, depth=depth, stage1=stage1, stage2=stage2, quality=quality,
+                     p=p, tokens=tokens, replace=replace, seed=seed)
+    from .buckets import bucket_ids
+
+    bid = bucket_ids(lab.codes[idx], depth, lab.levels)
+    meta = {"format": "hermes-mix", "labels": lab.files, "sources": dict(zip(lab.shards, lab.sources)),
+            "budget": b, "depth": depth, "stage1": stage1, "stage2": stage2, "p": p, "replace": replace, "seed": seed,
+            "levels": list(lab.levels), "model": lab.model.get("fingerprint")}
+    shard_names = pa.DictionaryArray.from_arrays(pa.array(lab.shard[idx], pa.int32()), pa.array(lab.shards))
+    table = pa.table({"shard": shard_names, "row": lab.rows[idx], "bucket": bid,
+                      "l1": lab.codes[idx, 0].astype(np.int64)})
+    table = table.replace_schema_metadata({"hermes": json.dumps(meta)})
+    out = Path(out)
+    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
+    cols = {k: np.asarray(v) for k, v in pl.items()}
+    prefix = unpack(cols["bucket"], depth, lab.levels)
+    pt = pa.table({"l1": cols.pop("l1"), "bucket": cols.pop("bucket"),
+                   **{f"c{i + 1}": prefix[:, i] for i in range(depth)}, **cols})
+    if plan.suffix.lower() == ".csv":
+        import pyarrow.csv as pcsv
+
+        _atomic_path(plan, lambda tmp: pcsv.write_csv(pt, tmp))
+    else:
+        _atomic_path(plan, lambda tmp: pq.write_table(pt.replace_schema_metadata({"hermes": json.dumps(meta)}), tmp))
+    _atomic_path(out, lambda tmp: pq.write_table(table, tmp))
+    drawn = int((cols["drawn"] > 0).sum())
+    unit = f"{float(tokens[idx].sum()):,.0f} tokens in " if tokens is not None else ""
+    click.echo(f"drew {unit}{idx.size:,} documents from {drawn:,} of {cols['size'].size:,} {depth_name(depth)} "
+               f"buckets (stage1={stage1}, stage2={stage2}{', with replacement' if replace else ''}) -> {out}; "
+               f"plan -> {plan}")
+
+
+# ----------------------------------------------------------------------------------------- info
+@main.command(short_help="Model summary and build info (CUDA included).")
+@click.argument("model_path", required=False, metavar="[MODEL]")
+def info(model_path):
+    """Summarize MODEL (when given) and how this hermes was built (CUDA included)."""
+    import hermes
+
+    if model_path:
+        from .label import model_fingerprint
+
+        m = hermes.load(model_path)
+        w = "identity" if m.W is None else ("orthogonal" if m.is_orthogonal else "general")
+        cells = math.prod(m.levels)
+        rows = [("model", model_path), ("file size", f"{os.path.getsize(model_path):,} bytes"), ("d", m.d),
+                ("levels", " x ".join(map(str, m.levels)) + f" ({cells:,} nominal L{''.join(map(str, range(1, m.L + 1)))} "
+                 "cells)"), ("metric", m.metric), ("normalize", m.normalize), ("W", w),
+                ("b", "zeros" if m.b is None else f"given (|b| = {float(np.linalg.norm(m.b)):.4g})"),
+                ("assign path", "fused (W, b folded into the codebooks)" if m.fused else "explicit rotation"),
+                ("fingerprint", model_fingerprint(m))]
+        _echo_kv(rows)
+        click.echo("")
+    bi = hermes.build_info()
+    rows = [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in bi.items() if v not in ("", None)]
+    _echo_kv([("hermes", bi.get("version"))] + [r for r in rows if r[0] != "version"])
+
+
+def _echo_kv(rows) -> None:
+    w = max(len(str(k)) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{str(k).ljust(w)}  {v}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,766 @@
+"""Streaming labeling: embedding shards on disk -> one parquet file of codes and bucket ids per shard.
+
+Inputs are shards of ``[N, d]`` embeddings:
+
+- ``.npy``: memory-mapped, read batch by batch;
+- ``.safetensors``: one 2-d tensor, or the one named by ``tensor=`` (read by slices, bf16 included);
+- ``.parquet``: a ``list`` / ``large_list`` / ``fixed_size_list`` float column (``column=``), read in
+  record batches; each batch becomes a 2-d array through the flattened child values (no Python loop).
+
+For every input shard ``<stem>.<ext>`` :func:`label` writes ``out_dir/<stem>.parquet`` with the columns
+
+- ``row`` int64: the row index within the shard;
+- ``c1`` ... ``cL``: the stage codes (int16 when K_l <= 32768, else int32);
+- ``bucket_L1``, ``bucket_L12``, ... int64: the packed bucket id at every depth
+  (:func:`hermes.buckets.all_bucket_ids`),
+
+and the schema metadata key ``hermes`` (JSON: format, model levels, d, metric, fingerprint, source
+shard, row count). Each file is written under a hidden temporary name and renamed into place
+(``os.replace``) only when complete, so a run killed at any moment leaves only complete outputs; a rerun
+skips the shards whose output is complete and matches (same model fingerprint, same row count), so
+nothing is lost or duplicated. When every shard is done, ``out_dir/manifest.json`` lists the shards and
+row counts (also written atomically). Memory stays bounded by ``batch_size`` rows (and, for parquet
+input, the size of one row group), never by the shard.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .model import Model, load
+
+__all__ = ["label", "read_labels", "Labels", "read_embeddings", "open_shard", "label_columns", "LabelReport",
+           "LABEL_FORMAT", "SUFFIXES"]
+
+LABEL_FORMAT = "hermes-labels"
+LABEL_FORMAT_VERSION = 1
+META_KEY = b"hermes"
+MANIFEST = "manifest.json"
+SUFFIXES = (".npy", ".safetensors", ".parquet")
+DEFAULT_BATCH = 65536
+_FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
+
+
+def _on_batch_written(source: str, rows_done: int) -> None:
+    """Test hook, called after each batch is written to a shard's temporary file (a no-op)."""
+
+
+# -------------------------------------------------------------------------------------- readers
+class _Shard:
+    """One input shard: ``n`` rows of dimension ``d``; ``batches(bs)`` yields (row0, float array [b, d])."""
+
+    kind = ""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.n = 0
+        self.d = 0
+        self.dtype = ""
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, n={self.n}, d={self.d}, dtype={self.dtype})"
+
+
+class _NpyShard(_Shard):
+    kind = "npy"
+
+    def __init__(self, fn: str, path: Path):
+        super().__init__(path)
+        try:
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as e:
+            raise ValueError(f"{fn}: {path} is not a readable .npy file (truncated or corrupted?): {e}") from None
+        if x.dtype.kind != "f":
+            raise ValueError(f"{fn}: {path} holds {x.dtype} values; embeddings must be float16/32/64")
+        if x.ndim != 2:
+            raise ValueError(f"{fn}: {path} holds a {x.ndim}-d array of shape {x.shape}; embeddings must be "
+                             f"2-d [N, d]")
+        self.x, (self.n, self.d), self.dtype = x, x.shape, str(x.dtype)
+
+    def batches(self, batch_size):
+        for lo in range(0, self.n, batch_size):
+            yield lo, np.array(self.x[lo:lo + batch_size])  # a writable copy, independent of the mapping
+
+    def close(self):
+        self.x = None
+
+
+class _SafetensorsShard(_Shard):
+    kind = "safetensors"
+    _DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+    def __init__(self, fn: str, path: Path, tensor: str | None):
+        super().__init__(path)
+        from safetensors import safe_open
+
+        try:
+            self.f = safe_open(str(path), framework="pt")
+            names = list(self.f.keys())
+        except Exception as e:
+            raise ValueError(f"{fn}: {path} is not a readable .safetensors file (truncated or corrupted?): "
+                             f"{e}") from None
+        if tensor is None:
+            two_d = [k for k in names if len(self.f.get_slice(k).get_shape()) == 2]
+            if len(two_d) != 1:
+                raise ValueError(f"{fn}: {path} holds {len(two_d)} 2-d tensors {two_d[:8]}; name the embeddings "
+                                 f"with tensor= (CLI: --tensor)")
+            tensor = two_d[0]
+        elif tensor not in names:
+            raise ValueError(f"{fn}: {path} has no tensor {tensor!r} (tensors: {names[:8]})")
+        self.slice = self.f.get_slice(tensor)
+        shape, dt = self.slice.get_shape(), self.slice.get_dtype()
+        if dt not in self._DTYPES:
+            raise ValueError(f"{fn}: {path}: tensor {tensor!r} has dtype {dt}; embeddings must be F16, BF16, F32 "
+                             f"or F64")
+        if len(shape) != 2:
+            raise ValueError(f"{fn}: {path}: tensor {tensor!r} has shape {shape}; embeddings must be 2-d [N, d]")
+        (self.n, self.d), self.dtype, self.tensor = shape, self._DTYPES[dt], tensor
+
+    def batches(self, batch_size):
+        import torch
+
+        for lo in range(0, self.n, batch_size):
+            t = self.slice[lo:lo + batch_size]
+            yield lo, (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    def close(self):
+        self.slice = self.f = None
+
+
+def _list_to_matrix(fn: str, arr, where: str, row0: int, d_expected: int | None = None) -> np.ndarray:
+    """A pyarrow list / fixed-size-list array of floats -> numpy [n, d], via the flattened values.
+
+    ``row0`` is the shard row of ``arr[0]`` (for messages); ``d_expected`` the dimension every row must have.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{fn}: {where}: row {row0 + row} is null")
+    if pa.types.is_fixed_size_list(arr.type):
+        d = arr.type.list_size
+    else:
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        d = d_expected if d_expected is not None else (int(lengths[0]) if n else 0)
+        if n and (lengths != d).any():
+            row = int(np.flatnonzero(lengths != d)[0])
+            raise ValueError(f"{fn}: {where}: row {row0 + row} has {lengths[row]} values, row 0 has {d}; "
+                             f"every embedding must have the same dimension")
+    values = arr.flatten()
+    if values.null_count:
+        bad = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{fn}: {where}: row {row0 + bad // max(d, 1)} contains a null value")
+    m = values.to_numpy(zero_copy_only=False).reshape(n, d)
+    return m if m.flags.writeable else m.copy()  # arrow memory is read-only, which torch.from_numpy warns about
+
+
+class _ParquetShard(_Shard):
+    kind = "parquet"
+
+    def __init__(self, fn: str, path: Path, column: str):
+        super().__init__(path)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.fn, self.column = fn, column
+        try:
+            self.pf = pq.ParquetFile(path)
+            schema = self.pf.schema_arrow
+        except Exception as e:
+            raise ValueError(f"{fn}: {path} is not a readable parquet file (truncated or corrupted?): {e}") from None
+        if column not in schema.names:
+            raise ValueError(f"{fn}: {path} has no column {column!r} (columns: {schema.names[:12]}); "
+                             f"set column= (CLI: --column)")
+        t = schema.field(column).type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+                or not pa.types.is_floating(t.value_type):
+            raise ValueError(f"{fn}: {path}: column {column!r} has type {t}; embeddings must be a list or "
+                             f"fixed-size list of floats")
+        self.n, self.dtype = self.pf.metadata.num_rows, str(t.value_type).replace("halffloat", "float16")
+        self.dtype = {"float": "float32", "double": "float64"}.get(self.dtype, self.dtype)
+        if pa.types.is_fixed_size_list(t):
+            self.d = t.list_size
+        elif self.n:
+            first = next(self.pf.iter_batches(batch_size=1, columns=[column]))
+            self.d = _list_to_matrix(fn, first.column(0), f"{path}, column {column!r}", 0).shape[1]
+
+    def batches(self, batch_size):
+        lo = 0
+        where = f"{self.path}, column {self.column!r}"
+        try:
+            for rb in self.pf.iter_batches(batch_size=batch_size, columns=[self.column]):
+                x = _list_to_matrix(self.fn, rb.column(0), where, lo, self.d)
+                yield lo, x
+                lo += x.shape[0]
+        except (OSError, ValueError) as e:
+            if str(e).startswith(f"{self.fn}:"):
+                raise
+            raise ValueError(f"{self.fn}: {self.path} could not be read near row {lo} (corrupted?): {e}") from None
+        if lo != self.n:
+            raise ValueError(f"{self.fn}: {self.path} yielded {lo} rows, its footer says {self.n} (corrupted?)")
+
+    def close(self):
+        self.pf = None
+
+
+def open_shard(path, *, column: str = "embedding", tensor: str | None = None, fn: str = "open_shard") -> _Shard:
+    """Opens one embedding shard for streaming (nothing is read but headers and footers).
+
+    Args:
+        path: a ``.npy``, ``.safetensors`` or ``.parquet`` file.
+        column: the parquet column holding the embeddings (list or fixed-size list of floats).
+        tensor: the safetensors tensor name (default: the file's only 2-d tensor).
+
+    Returns:
+        a shard with ``n``, ``d``, ``dtype``, ``path`` and ``batches(batch_size)`` yielding
+        ``(row0, float array [b, d])``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{fn}: no such file: {path}")
+    ext = path.suffix.lower()
+    if ext == ".npy":
+        return _NpyShard(fn, path)
+    if ext == ".safetensors":
+        return _SafetensorsShard(fn, path, tensor)
+    if ext == ".parquet":
+        return _ParquetShard(fn, path, column)
+    raise ValueError(f"{fn}: {path} has an unsupported extension {ext!r}; use one of {', '.join(SUFFIXES)}")
+
+
+def _expand_inputs(fn: str, inputs) -> list[Path]:
+    """Paths from a path, a list of paths, or directories (their supported files, sorted)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    out = []
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES and not q.name.startswith("."))
+            if not found:
+                raise ValueError(f"{fn}: directory {p} holds no {'/'.join(SUFFIXES)} files")
+            out += found
+        elif not p.exists():
+            raise FileNotFoundError(f"{fn}: no such file: {p}")
+        else:
+            out.append(p)
+    if not out:
+        raise ValueError(f"{fn}: no input shards given")
+    return out
+
+
+def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = None, sample: int | None = None,
+                    seed: int = 0, batch_size: int = DEFAULT_BATCH, fn: str = "read_embeddings") -> np.ndarray:
+    """Reads shards into one ``[N, d]`` array (float16 kept, bf16/float64 as float32), or ``sample`` random rows.
+
+    With ``sample`` (< total rows), a uniform sample without replacement is read batch by batch, in shard
+    order (memory bounded by the sample). A single ``.npy`` shard read whole is returned memory-mapped.
+    """
+    shards = [open_shard(p, column=column, tensor=tensor, fn=fn) for p in _expand_inputs(fn, inputs)]
+    d = {s.d for s in shards}
+    if len(d) > 1:
+        raise ValueError(f"{fn}: the inputs have different dimensions: " +
+                         ", ".join(f"{s.path} d={s.d}" for s in shards))
+    total = sum(s.n for s in shards)
+    if sample is not None and (not isinstance(sample, (int, np.integer)) or sample < 1):
+        raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
+    if sample is None or sample >= total:
+        if len(shards) == 1 and shards[0].kind == "npy":
+            return shards[0].x
+        parts = [b for s in shards for _, b in s.batches(batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, d.pop() if d else 0), np.float32)
+    keep = np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
+    parts, base = [], 0
+    for s in shards:
+        mine = keep[(keep >= base) & (keep < base + s.n)] - base
+        if s.kind == "npy":
+            parts.append(np.asarray(s.x[mine]))
+        elif mine.size:
+            for lo, b in s.batches(batch_size):
+                sel = mine[(mine >= lo) & (mine < lo + b.shape[0])] - lo
+                if sel.size:
+                    parts.append(b[sel])
+        base += s.n
+    return np.concatenate(parts)
+
+
+# --------------------------------------------------------------------------------------- output
+def _code_type(K: int):
+    import pyarrow as pa
+
+    return pa.int16() if K <= 32768 else pa.int32()
+
+
+def label_columns(codes: np.ndarray, levels, row0: int = 0) -> dict:
+    """The output columns for a batch of codes ``[n, L]``: ``row``, ``c1..cL``, ``bucket_L1..`` (numpy)."""
+    from .buckets import all_bucket_ids, depth_name
+
+    n, L = codes.shape
+    cols = {"row": np.arange(row0, row0 + n, dtype=np.int64)}
+    for l in range(L):
+        cols[f"c{l + 1}"] = codes[:, l].astype(np.int16 if levels[l] <= 32768 else np.int32)
+    ids = all_bucket_ids(codes, tuple(levels))
+    for l in range(L):
+        cols[f"bucket_{depth_name(l + 1)}"] = ids[:, l]
+    return cols
+
+
+def _schema(levels, meta: dict):
+    import pyarrow as pa
+    from .buckets import depth_name
+
+    fields = [pa.field("row", pa.int64(), nullable=False)]
+    fields += [pa.field(f"c{l + 1}", _code_type(K), nullable=False) for l, K in enumerate(levels)]
+    fields += [pa.field(f"bucket_{depth_name(l + 1)}", pa.int64(), nullable=False) for l in range(len(levels))]
+    return pa.schema(fields, metadata={META_KEY: json.dumps(meta).encode()})
+
+
+def model_fingerprint(model: Model) -> str:
+    """A short hash of everything that decides the codes (levels, metric, normalize, codebooks, W, b)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([list(model.levels), model.d, model.metric, model.normalize]).encode())
+    for a in (*model.codebooks, model.W, model.b):
+        h.update(b"-" if a is None else np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _publish_mode(path) -> None:
+    """Gives a mkstemp file (0600) the mode a plain open() would have (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _publish_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read_meta(path: Path) -> tuple[dict | None, int]:
+    """(hermes metadata or None, row count) of a labels file; (None, -1) when it is unreadable."""
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.read_metadata(path)
+        kv = md.metadata or {}
+        return (json.loads(kv[META_KEY]) if META_KEY in kv else None), md.num_rows
+    except Exception:
+        return None, -1
+
+
+# ----------------------------------------------------------------------------------------- CUDA
+def _cuda_codes(batches, model: Model, device, batch_size: int, d: int):
+    """Pipelined CUDA labeling: yields (row0, codes [b, L] numpy) one batch behind the input.
+
+    Two pinned host buffers and two device buffers: batch i+1 is copied host->device on a side stream
+    while the kernels label batch i on the current stream; codes come back through pinned memory. The
+    only host wait is on batch i-1's completion event, after batch i has been queued.
+    """
+    import torch
+
+    from .assign import assign_codes
+
+    dev = torch.device(device)
+    compute, copy = torch.cuda.current_stream(dev), torch.cuda.Stream(dev)
+    L, slots, pending = model.L, [], None
+    for _ in range(2):
+        slots.append(dict(
+            host=torch.empty((batch_size, d), dtype=torch.float32, pin_memory=True),
+            dev=torch.empty((batch_size, d), dtype=torch.float32, device=dev),
+            codes=torch.empty((batch_size, L), dtype=torch.int32, pin_memory=True),
+            bad=torch.empty((batch_size,), dtype=torch.bool, pin_memory=True),
+            copied=torch.cuda.Event(), done=torch.cuda.Event()))
+
+    def finish(p):
+        s, lo, n = p
+        s["done"].synchronize()
+        bad = s["bad"][:n].numpy()
+        if bad.any():
+            raise ValueError(f"x row {int(np.flatnonzero(bad)[0])} contains NaN or Inf")  # row within the batch
+        return lo, s["codes"][:n].numpy().copy()
+
+    for i, (lo, xb) in enumerate(batches):
+        s, n = slots[i % 2], xb.shape[0]
+        s["host"][:n].numpy()[...] = xb  # the slot is free: its previous batch was finished below
+        with torch.cuda.stream(copy):
+            s["dev"][:n].copy_(s["host"][:n], non_blocking=True)
+            s["copied"].record(copy)
+        with torch.cuda.stream(compute):
+            compute.wait_event(s["copied"])
+            x = s["dev"][:n]
+            s["bad"][:n].copy_(~torch.isfinite(x).all(dim=1), non_blocking=True)
+            s["codes"][:n].copy_(assign_codes(x, model, check_finite=False), non_blocking=True)
+            s["done"].record(compute)
+        if pending is not None:
+            yield finish(pending)
+        pending = (s, lo, n)
+    if pending is not None:
+        yield finish(pending)
+
+
+def _resolve_device(fn: str, device):
+    from ._backend import cuda_available, cuda_unavailable_reason
+
+    if device is None:
+        return "cuda" if cuda_available() else "cpu"
+    device = str(device)
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not cuda_available():
+            raise RuntimeError(f"{fn}: device={device!r} but the CUDA path is unavailable: "
+                               f"{cuda_unavailable_reason() or 'no CUDA device'}")
+        return device
+    raise ValueError(f"{fn}: device must be 'cpu', 'cuda', 'cuda:N' or None, got {device!r}")
+
+
+# ---------------------------------------------------------------------------------------- label
+@dataclass
+class LabelReport:
+    """What :func:`label` did: the manifest it wrote, and how many shards it labeled or skipped."""
+
+    out_dir: Path
+    manifest: dict
+    labeled: list = field(default_factory=list)  # output names written by this call
+    skipped: list = field(default_factory=list)  # output names already complete
+    rows_labeled: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+
+def _check_model(fn: str, model):
+    if isinstance(model, (str, os.PathLike)):
+        return load(model), os.fspath(model)
+    if not isinstance(model, Model):
+        raise TypeError(f"{fn}: model must be a hermes.Model or a path to a saved model, got {type(model).__name__}")
+    return model, None
+
+
+def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | None = None,
+          batch_size: int = DEFAULT_BATCH, device=None, progress: bool = True, overwrite: bool = False,
+          compression: str = "zstd") -> LabelReport:
+    """Labels embedding shards on disk with ``model``, one output parquet file per shard (see the module doc).
+
+    Args:
+        inputs: a path or a list of paths: ``.npy`` ``[N, d]`` (memory-mapped), ``.safetensors`` (one 2-d
+            tensor or ``tensor``), ``.parquet`` (the list column ``column``), or directories of them.
+        model: a :class:`hermes.Model` or the path of a saved one.
+        out_dir: output directory (created). Output names are the input stems + ``.parquet``.
+        column: parquet column holding the embeddings.
+        tensor: safetensors tensor name (default: the file's only 2-d tensor).
+        batch_size: rows read, labeled and written at a time (bounds the memory).
+        device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` (pinned, double-buffered copies overlapped with the
+            kernels), or None: CUDA when available, else CPU.
+        progress: show a progress bar (rows/s) on stderr.
+        overwrite: relabel shards whose output exists (also when it came from another model; without it
+            that is an error).
+        compression: parquet compression codec of the outputs.
+
+    Returns:
+        a :class:`LabelReport`; ``report.manifest`` is the content of ``out_dir/manifest.json``:
+        ``{"format", "format_version", "model": {...}, "shards": [{"source", "output", "rows"}], "rows"}``.
+
+    Raises:
+        ValueError naming the file (and column or row) for an unreadable, truncated or corrupted shard, a
+        missing column, a dimension that differs from the model's, NaN/Inf rows, two inputs with the same
+        stem, or an existing output from a different model; the shard being written is then discarded
+        (the shards finished before it are kept, and a rerun resumes after them).
+    """
+    fn = "label"
+    t0 = time.perf_counter()
+    model, model_path = _check_model(fn, model)
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    device = _resolve_device(fn, device)
+    paths = _expand_inputs(fn, inputs)
+    names: dict[str, Path] = {}
+    for p in paths:
+        name = p.stem + ".parquet"
+        if name in names:
+            raise ValueError(f"{fn}: inputs {names[name]} and {p} would both write {name}; give shards distinct "
+                             f"stems or label them into different out_dirs")
+        names[name] = p
+    shards = []
+    for p in paths:  # open (and check) every shard before writing anything
+        s = open_shard(p, column=column, tensor=tensor, fn=fn)
+        if s.n and s.d != model.d:
+            raise ValueError(f"{fn}: {p} has embeddings of dimension {s.d}, but the model expects d={model.d}")
+        shards.append(s)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp = model_fingerprint(model)
+    model_meta = {"path": model_path, "fingerprint": fp, "d": model.d, "levels": list(model.levels),
+                  "metric": model.metric, "normalize": model.normalize}
+    report = LabelReport(out_dir=out_dir, manifest={})
+    entries, todo = [], []
+    for s in shards:
+        out = out_dir / (s.path.stem + ".parquet")
+        entry = {"source": str(s.path.resolve()), "output": out.name, "rows": int(s.n)}
+        entries.append(entry)
+        meta, rows = _read_meta(out) if out.exists() else (None, -1)
+        if meta is not None and not overwrite:
+            if meta.get("model", {}).get("fingerprint") != fp:
+                raise ValueError(f"{fn}: {out} exists and was labeled by another model (fingerprint "
+                                 f"{meta.get('model', {}).get('fingerprint')}, this model: {fp}); pass "
+                                 f"overwrite=True (CLI: --overwrite) or use another out_dir")
+            if meta.get("format") == LABEL_FORMAT and rows == s.n == meta.get("rows"):
+                report.skipped.append(out.name)
+                continue
+            warnings.warn(f"{fn}: {out} is incomplete or stale ({rows} rows, the source has {s.n}); relabeling",
+                          stacklevel=2)
+        elif out.exists() and not overwrite:  # our outputs appear complete or not at all: this is not ours
+            raise ValueError(f"{fn}: {out} exists but is not a readable hermes labels file; remove it or pass "
+                             f"overwrite=True (CLI: --overwrite)")
+        todo.append((s, out, entry))
+    from tqdm.auto import tqdm
+
+    total = sum(s.n for s in shards)
+    done_rows = total - sum(s.n for s, _, _ in todo)
+    with tqdm(total=total, initial=done_rows, unit="rows", unit_scale=True, desc="label", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for s, out, entry in todo:
+            bar.set_postfix_str(s.path.name, refresh=False)
+            meta = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
+                    "source": entry["source"], "shard": s.path.name, "kind": s.kind, "rows": int(s.n),
+                    "column": column if s.kind == "parquet" else None,
+                    "tensor": getattr(s, "tensor", None)}
+            _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
+            report.labeled.append(out.name)
+            report.rows_labeled += s.n
+            s.close()
+    manifest = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
+                "shards": _merge_manifest(out_dir, fp, entries), "rows": 0}
+    manifest["rows"] = int(sum(e["rows"] for e in manifest["shards"]))
+    _atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    report.manifest = manifest
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _merge_manifest(out_dir: Path, fp: str, entries: list) -> list:
+    """This run's entries, after those of an earlier manifest (same model) whose outputs still exist."""
+    mine = {e["output"] for e in entries}
+    old = []
+    try:
+        prev = json.loads((out_dir / MANIFEST).read_text())
+        if prev.get("model", {}).get("fingerprint") == fp:
+            old = [e for e in prev.get("shards", []) if e.get("output") not in mine and (out_dir / e["output"]).exists()]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass
+    return old + entries
+
+
+def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
+                 compression: str, bar) -> None:
+    """Labels one shard into a hidden temporary file in out's directory, then renames it to ``out``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .assign import assign_codes
+
+    for stale in glob.glob(str(out.parent / f".{glob.escape(out.name)}.*.tmp")):
+        os.unlink(stale)  # left by a killed run
+    schema = _schema(model.levels, meta)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    writer = None
+    try:
+        writer = pq.ParquetWriter(tmp, schema, compression=compression)
+        batches = s.batches(batch_size)
+        if device == "cpu":
+            codes_iter = ((lo, assign_codes(xb, model, batch_size=min(batch_size, 8192), progress=False))
+                          for lo, xb in batches)
+        else:
+            codes_iter = _cuda_codes(batches, model, device, batch_size, model.d)
+        rows = 0
+        while True:
+            try:
+                item = next(codes_iter)
+            except StopIteration:
+                break
+            except ValueError as e:
+                msg = str(e)
+                if msg.startswith(f"{fn}:"):
+                    raise
+                if "NaN or Inf" in msg:  # assign_codes names the row within the batch
+                    raise ValueError(f"{fn}: {s.path}: row {_first_bad_row(msg, rows)} contains NaN or Inf") from None
+                raise ValueError(f"{fn}: {s.path}: {msg}") from None
+            lo, codes = item
+            writer.write_table(pa.Table.from_pydict(label_columns(codes, model.levels, lo), schema=schema))
+            rows += codes.shape[0]
+            bar.update(codes.shape[0])
+            _on_batch_written(str(s.path), rows)
+        if rows != s.n:
+            raise ValueError(f"{fn}: {s.path} yielded {rows} rows, expected {s.n} (truncated?)")
+        writer.close()
+        writer = None
+        _fsync(tmp)
+        _publish_mode(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _first_bad_row(msg: str, row0: int) -> int:
+    """The shard row named by an assign_codes / pipeline NaN message ('... row R ...' within the batch)."""
+    import re
+
+    m = re.search(r"row (\d+)", msg)
+    return row0 + int(m.group(1)) if m else row0
+
+
+# ----------------------------------------------------------------------------------- read labels
+@dataclass
+class Labels:
+    """Labels read back from :func:`label` outputs, concatenated in shard order.
+
+    codes ``[N, L]`` int32; levels (K_1..K_L); rows ``[N]`` int64 row id within its shard; shard ``[N]`` int32
+    index into ``files`` / ``sources`` / ``shards`` (label file path, source path, source file name).
+    """
+
+    codes: np.ndarray
+    levels: tuple
+    rows: np.ndarray
+    shard: np.ndarray
+    files: list
+    sources: list
+    shards: list
+    model: dict
+
+    def column(self, name: str, fn: str = "column") -> np.ndarray:
+        """A per-row column ``[N]``: from the labels files when they hold it, else from their parquet sources."""
+        import pyarrow.parquet as pq
+
+        parts = []
+        for i, (f, src) in enumerate(zip(self.files, self.sources)):
+            rows = self.rows[self.shard == i]
+            names = pq.read_schema(f).names
+            if name in names:
+                parts.append(pq.read_table(f, columns=[name]).column(0).to_numpy())
+                continue
+            if not (src and src.endswith(".parquet") and os.path.isfile(src)):
+                raise ValueError(f"{fn}: column {name!r} is not in {f}, and its source {src} is not an existing "
+                                 f"parquet file that could hold it")
+            try:
+                names = pq.read_schema(src).names
+            except Exception as e:
+                raise ValueError(f"{fn}: source {src} is not a readable parquet file: {e}") from None
+            if name not in names:
+                raise ValueError(f"{fn}: column {name!r} is neither in {f} nor in its source {src} "
+                                 f"(columns: {names[:12]})")
+            col = pq.read_table(src, columns=[name]).column(0)
+            if len(col) <= (int(rows.max()) if rows.size else -1):
+                raise ValueError(f"{fn}: source {src} has {len(col)} rows but {f} refers to row {int(rows.max())}")
+            a = col.to_numpy(zero_copy_only=False)
+            parts.append(a[rows])
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _label_files(fn: str, paths) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            man = p / MANIFEST
+            if man.is_file():
+                try:
+                    files = [p / e["output"] for e in json.loads(man.read_text())["shards"]]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{fn}: {man} is not a valid hermes manifest: {e!r}") from None
+            else:
+                files = sorted(q for q in p.glob("*.parquet") if not q.name.startswith("."))
+            if not files:
+                raise ValueError(f"{fn}: directory {p} holds no labels (.parquet) files")
+            out += files
+        elif not p.is_file():
+            raise FileNotFoundError(f"{fn}: no such labels file or directory: {p}")
+        else:
+            out.append(p)
+    if not out:
+        raise ValueError(f"{fn}: no labels files given")
+    return out
+
+
+def read_labels(paths, *, fn: str = "read_labels") -> Labels:
+    """Reads :func:`label` outputs (files, or directories: in manifest order, else sorted) into :class:`Labels`."""
+    import pyarrow.parquet as pq
+
+    codes, rows, shard, files, sources, shard_names = [], [], [], [], [], []
+    levels = model = None
+    for i, f in enumerate(_label_files(fn, paths)):
+        if not f.is_file():
+            raise FileNotFoundError(f"{fn}: {f} (listed in the manifest) does not exist")
+        meta, _ = _read_meta(f)
+        if meta is None or meta.get("format") != LABEL_FORMAT:
+            raise ValueError(f"{fn}: {f} is not a hermes labels file (no '{META_KEY.decode()}' schema metadata, "
+                             f"or unreadable)")
+        lv = tuple(meta["model"]["levels"])
+        if levels is None:
+            levels, model = lv, meta["model"]
+        elif lv != levels or meta["model"].get("fingerprint") != model.get("fingerprint"):
+            raise ValueError(f"{fn}: {f} was labeled by another model (levels {lv}, fingerprint "
+                             f"{meta['model'].get('fingerprint')}) than {files[0]} (levels {levels}, fingerprint "
+                             f"{model.get('fingerprint')})")
+        cols = ["row"] + [f"c{l + 1}" for l in range(len(lv))]
+        try:
+            t = pq.read_table(f, columns=cols)
+        except Exception as e:
+            raise ValueError(f"{fn}: {f} could not be read (columns {cols}): {e}") from None
+        codes.append(np.stack([t.column(c).to_numpy().astype(np.int32) for c in cols[1:]], axis=1))
+        rows.append(t.column("row").to_numpy().astype(np.int64))
+        shard.append(np.full(t.num_rows, i, np.int32))
+        files.append(str(f))
+        sources.append(meta.get("source"))
+        shard_names.append(meta.get("shard") or Path(str(meta.get("source"))).name)
+    return Labels(codes=np.concatenate(codes), levels=levels, rows=np.concatenate(rows), shard=np.concatenate(shard),
+                  files=files, sources=sources, shards=shard_names, model=model)
