@@ -22,18 +22,30 @@ def cuda_available() -> bool:
     return cuda_compiled() and _C.cuda_device_count() > 0
 
 
+def _torch_blas() -> str:
+    """The BLAS behind torch's CPU GEMM, which the CPU executor calls, e.g. ``"torch 2.13.0+cpu (mkl)"``."""
+    import re
+
+    import torch
+
+    m = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return f"torch {torch.__version__} ({m.group(1) if m else 'BLAS unknown'})"
+
+
 def build_info() -> dict:
     """What this hermes binary was built with.
 
     Keys: ``version``, ``cuda`` (CUDA kernels compiled), ``cuda_architectures`` (list such as
     ``["75-real", ..., "90-virtual"]``), ``cuda_version`` (nvcc version built against), ``cuda_runtime``
     (statically linked runtime version), ``cuda_available`` (usable now), ``cuda_unavailable_reason``,
-    ``compiler``, ``cpu_threads`` (how the CPU executor parallelizes and where its GEMM comes from), ``pybind11``.
+    ``compiler``, ``openmp`` (the extension was compiled with OpenMP), ``blas`` (the BLAS behind the CPU GEMM,
+    which is torch's), ``cpu_threads`` (how the CPU executor parallelizes), ``pybind11``.
     """
     info = dict(_C.build_info())
     archs = info.get("cuda_architectures", "")
     info["cuda_architectures"] = [a for a in archs.split(",") if a]
     info["version"] = __version__
+    info["blas"] = _torch_blas()
     info["cuda_available"] = cuda_available()
     info["cuda_unavailable_reason"] = cuda_unavailable_reason()
     return info

@@ -28,7 +28,12 @@ void bind_info(py::module_& m) {
     d["cuda_version"] = std::string(HERMES_CUDA_VERSION);
     d["cuda_runtime"] = hermes::cuda::runtime_version();
     d["compiler"] = std::string(HERMES_CXX_COMPILER);
-    d["cpu_threads"] = std::string("std::thread over rows; GEMM from torch (BLAS)");
+#if defined(_OPENMP)
+    d["openmp"] = true;
+#else
+    d["openmp"] = false;  // the CPU executor threads with std::thread; torch's GEMM may use OpenMP inside
+#endif
+    d["cpu_threads"] = std::string("std::thread over rows, torch.get_num_threads() of them");
     d["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) + "." +
                     std::to_string(PYBIND11_VERSION_PATCH);
     return d;
