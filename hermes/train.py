@@ -28,9 +28,11 @@ _KMEANS_BATCH = 16384
 # Defaults of the method options (paper values where the paper gives one; see ``fit``).
 HERMES_DEFAULTS = dict(
     struct_pairs=2048, ortho_weight=0.1, commitment=0.25, ema_decay=0.99, ema_eps=1e-5,
-    dead_code_threshold=2, kmeans_iters=10, max_points_per_centroid=256, init="k-means++", quant_grad=False,
+    dead_code_threshold=2, kmeans_iters=10, max_points_per_centroid=256, init="k-means++", quant_grad=True,
+    progressive=False,
 )
-RVQ_DEFAULTS = dict(kmeans_iters=10, max_points_per_centroid=256, init="k-means++", normalize=True)
+RVQ_DEFAULTS = dict(kmeans_iters=10, max_points_per_centroid=256, init="k-means++", normalize=True,
+                    progressive=False)
 
 
 # ------------------------------------------------------------------------------------- data access
@@ -189,11 +191,13 @@ def _kmeanspp(pts, k: int, metric: str, rng: np.random.Generator):
 
 
 def _kmeans_core(src, k: int, metric: str, iters: int, init, rng: np.random.Generator, batch: int,
-                 bar=None, init_size: int | None = None):
+                 bar=None, init_size: int | None = None, progressive: bool = False):
     """Lloyd's k-means over a row source (streamed in batches). Returns centroids [k, d] float32.
 
     cos: centroids are normalized means (spherical k-means). Empty clusters are re-seeded with the
     rows farthest from their centroid (distinct rows), so no centroid stays dead.
+    progressive: iteration i < iters - 1 uses only the first max(32 k, N / 2^(iters-1-i)) rows (src must
+    be in random order); the last iterations see every row. Most of the work, little of the quality.
     """
     torch = _torch()
     N, d, dev = src.N, src.d, src.device
@@ -209,37 +213,41 @@ def _kmeans_core(src, k: int, metric: str, iters: int, init, rng: np.random.Gene
         C = init.to(device=dev, dtype=torch.float32).clone()
     if metric == "cos":
         C = torch.nn.functional.normalize(C, dim=1)
-    for _ in range(iters):
+    for it in range(iters):
+        n = min(N, max(32 * k, N >> (iters - 1 - it))) if progressive else N
         sums = torch.zeros((k, d), dtype=torch.float64, device=dev)
         counts = torch.zeros((k,), dtype=torch.float64, device=dev)
-        far_err = torch.empty(0, device=dev)
-        far_x = torch.empty((0, d), device=dev)
-        inertia = 0.0
-        for lo in range(0, N, batch):
-            xb = src.slice(lo, min(N, lo + batch))
+        for lo in range(0, n, batch):
+            xb = src.slice(lo, min(n, lo + batch))
             codes = _assign(xb, C, metric)
-            sums.index_add_(0, codes, xb.double())
+            sums += torch.zeros((k, d), device=dev).index_add_(0, codes, xb).double()
             counts += torch.bincount(codes, minlength=k).double()
-            err = _row_error(xb, C, codes, metric)
-            inertia += float(err.double().sum())
-            m = min(k, err.shape[0])
-            top = torch.topk(err, m).indices
-            far_err = torch.cat([far_err, err[top]])
-            far_x = torch.cat([far_x, xb[top]])
-            if far_err.shape[0] > k:
-                keep = torch.topk(far_err, k).indices
-                far_err, far_x = far_err[keep], far_x[keep]
-        nonempty = counts > 0
         newC = (sums / counts.clamp_min(1)[:, None]).float()
-        empty = torch.nonzero(~nonempty).flatten()
-        if empty.numel():
-            order = torch.argsort(far_err, descending=True, stable=True)
-            newC[empty] = far_x[order[:empty.numel()]]
+        empty = torch.nonzero(counts == 0).flatten()
+        if empty.numel():  # rare: one more pass finds the rows farthest from their centroids
+            newC[empty] = _farthest_rows(src, C, metric, int(empty.numel()), batch)
         C = torch.nn.functional.normalize(newC, dim=1) if metric == "cos" else newC
         if bar is not None:
-            bar.set_postfix(inertia=f"{inertia / max(N, 1):.5f}", empty=int(empty.numel()))
+            bar.set_postfix(empty=int(empty.numel()))
             bar.update(1)
     return C
+
+
+def _farthest_rows(src, C, metric: str, n: int, batch: int):
+    """The n distinct rows of src farthest from their assigned centroid in C (largest error first)."""
+    torch = _torch()
+    far_err = torch.empty(0, device=src.device)
+    far_x = torch.empty((0, src.d), device=src.device)
+    for lo in range(0, src.N, batch):
+        xb = src.slice(lo, min(src.N, lo + batch))
+        err = _row_error(xb, C, _assign(xb, C, metric), metric)
+        top = torch.topk(err, min(n, err.shape[0])).indices
+        far_err, far_x = torch.cat([far_err, err[top]]), torch.cat([far_x, xb[top]])
+        if far_err.shape[0] > n:
+            keep = torch.topk(far_err, n).indices
+            far_err, far_x = far_err[keep], far_x[keep]
+    order = torch.argsort(far_err, descending=True, stable=True)
+    return far_x[order[:n]]
 
 
 def _check_int(fn: str, name: str, v, lo: int = 1):
@@ -317,7 +325,7 @@ def kmeans(x, k: int, *, metric: str = "cos", iters: int = 10, init="k-means++",
 
 
 # --------------------------------------------------------------------------------- residual k-means
-def _stage_fit(res, K, metric, iters, init, rng, batch, bar):
+def _stage_fit(res, K, metric, iters, init, rng, batch, bar, progressive=False):
     """One RVQ stage on residuals ``res``: k-means, then the final assignment with the fitted centroids.
 
     Returns (codeword [K, d], codes [N] int64, counts [K]). Under cos the codeword is the centroid
@@ -325,7 +333,8 @@ def _stage_fit(res, K, metric, iters, init, rng, batch, bar):
     cosine assignment is unchanged and subtracting it leaves the smallest residual.
     """
     torch = _torch()
-    C = _kmeans_core(res, K, metric, iters, init, rng, batch, bar)
+    C = _kmeans_core(res, K, metric, iters, init, rng, batch, bar,
+                     progressive=progressive and isinstance(res, _Mem))
     codes = torch.empty(res.N, dtype=torch.int64, device=res.device)
     proj = torch.zeros(K, dtype=torch.float64, device=res.device)
     counts = torch.zeros(K, dtype=torch.float64, device=res.device)
@@ -356,6 +365,8 @@ def _rvq(src: _Source, levels, metric, opts, seed, batch, progress, ckpt, resume
     if in_memory:
         parts = [src.rows(sel[i:i + batch]) for i in range(0, m, batch)]
         t = torch.cat(parts) if parts else torch.empty((0, src.d), device=dev)
+        if opts["progressive"]:  # random order, so each progressive prefix is a random subset
+            t = t[torch.from_numpy(rng.permutation(m)).to(dev)]
         if opts["normalize"]:
             t = torch.nn.functional.normalize(t, dim=1)
         res = _Mem(t)
@@ -378,7 +389,7 @@ def _rvq(src: _Source, levels, metric, opts, seed, batch, progress, ckpt, resume
             with tqdm(total=opts["kmeans_iters"], desc=f"rvq stage {l + 1}/{len(levels)}",
                       disable=not progress, leave=False) as bar:
                 C, codes, cnt = _stage_fit(res, levels[l], metric, opts["kmeans_iters"], opts["init"],
-                                           _rng(seed, 2, l), batch, bar)
+                                           _rng(seed, 2, l), batch, bar, opts["progressive"])
             codes_all[:, l] = codes
             cbs.append(C)
             counts.append(cnt)
@@ -447,7 +458,7 @@ def _data_fingerprint(src: _Source) -> str:
 
 # ----------------------------------------------------------------------------------------- DDP
 def _dist():
-    """(rank, world) when torch.distributed is initialized with world > 1... or (0, 1)."""
+    """(torch.distributed, rank, world) when a process group is initialized, else (None, 0, 1)."""
     torch = _torch()
     d = torch.distributed
     if d.is_available() and d.is_initialized():
@@ -491,7 +502,7 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
     else:
         t0 = time.perf_counter()
         rvq_opts = dict(kmeans_iters=opts["kmeans_iters"], max_points_per_centroid=opts["max_points_per_centroid"],
-                        init=opts["init"], normalize=True)
+                        init=opts["init"], normalize=True, progressive=opts["progressive"])
         with torch.no_grad():
             C, counts, m = _rvq(src, levels, metric, rvq_opts, seed, max(batch, _KMEANS_BATCH), progress, None, None)
         # EMA statistics start at the k-means solution, scaled to one (global) minibatch.
@@ -537,11 +548,11 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                             s = 2 * s - (C[l] * C[l]).sum(1)
                         c = torch.argmax(s, dim=1)
                     q = C[l][c]
-                    commit = commit + ((r - q) ** 2).sum(1).mean()
+                    commit = commit + F.mse_loss(r, q)
                     res.append(r.detach())
                     codes.append(c)
                     r = r - q
-                l_quant = (r ** 2).sum(1).mean() if opts["quant_grad"] else (r.detach() ** 2).sum(1).mean()
+                l_quant = (r ** 2).mean() if opts["quant_grad"] else (r.detach() ** 2).mean()
                 B = e.shape[0]
                 i = torch.randint(0, B, (pairs,), generator=gen, device=dev)
                 j = torch.randint(0, B, (pairs,), generator=gen, device=dev)
@@ -582,8 +593,8 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                 tm["backward"] += t3 - t2
                 tm["svd"] += t4 - t3
                 tm["ema"] += t5 - t4
-                vals = {k_: float(v.detach()) if hasattr(v, "detach") else float(v) for k_, v in dict(loss=loss, struct=l_struct, quant=l_quant, ortho=l_ortho,
-                                                         commit=commit).items()}
+                terms = dict(loss=loss, struct=l_struct, quant=l_quant, ortho=l_ortho, commit=commit)
+                vals = {k_: float(v.detach()) if hasattr(v, "detach") else float(v) for k_, v in terms.items()}
                 for k_, v in vals.items():
                     sums[k_] += v
                 bar.set_postfix({k_: f"{v:.4g}" for k_, v in vals.items()})
@@ -660,9 +671,14 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
         levels: codebook sizes per stage, e.g. ``(256, 256, 256)`` (1 to 8 positive integers <= 65,536).
         method: ``"hermes"``: the Learned Semantic Transform h = normalize(W x + b) (W starts as the
             identity, b as zeros) trained jointly with the residual quantizer, as in the paper:
-            loss = L_struct + L_quant + ortho_weight * L_ortho + commitment * sum_l ||r_l - sg(q_l)||^2,
+            loss = L_struct + L_quant + ortho_weight * L_ortho + commitment * sum_l MSE(r_l, sg(q_l)),
+            with L_struct = mean over ``struct_pairs`` random pairs (i, j) of the minibatch of
+            (cos(x_i, x_j) - cos(h_i, h_j))^2, L_quant = MSE(h, sg(q_1 + ... + q_L)),
+            L_ortho = ||W^T W - I||_F^2, r_l the stage-l residual and q_l its codeword; MSE is the mean
+            over rows and dimensions (``F.mse_loss``, as vector-quantize-pytorch, which the paper builds on).
             AdamW on (W, b), W <- U V^T (SVD) after every optimizer step, codebooks initialised by
-            k-means on the first residuals, then EMA-updated with dead-code reset.
+            k-means on the first residuals (of normalize(x), since W = I and b = 0 at the start), then
+            EMA-updated (cluster sums and Laplace-smoothed counts) with dead-code reset.
             ``"rvq"``: the plain-RVQ baseline (classic residual k-means): no transform (W = I, b = 0),
             stage-by-stage k-means on the current residuals of normalize(x).
         metric: ``"cos"`` (each stage assigns by cosine, as the paper) or ``"l2"`` (classic RVQ).
@@ -687,9 +703,18 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
             ``ema_decay`` (0.99; the paper does not give it), ``ema_eps`` (1e-5 Laplace smoothing of
             the EMA counts), ``dead_code_threshold`` (2 uses per epoch), ``kmeans_iters`` (10),
             ``max_points_per_centroid`` (256: the k-means init runs on at most 256 * max(levels)
-            sampled rows, as faiss does; None for all rows), ``init`` ("k-means++" or "random").
-            ``"rvq"``: ``kmeans_iters`` (10), ``max_points_per_centroid`` (256, None for all rows),
+            sampled rows, as faiss does; None for all rows), ``init`` ("k-means++" or "random"),
+            ``quant_grad`` (True: L_quant back-propagates into W and b; False: it is only reported).
+            ``progressive`` (False; see below).
+            ``"rvq"``: ``kmeans_iters`` (10), ``max_points_per_centroid`` (256: each stage's k-means runs
+            on at most 256 * max(levels) sampled rows, as faiss; None for all rows, streamed),
+            ``progressive`` (False),
             ``init`` ("k-means++"), ``normalize`` (True: quantize normalize(x)).
+
+    ``progressive=True`` runs k-means progressively on the in-memory sample: early Lloyd iterations see
+    a random subset (at least 32 rows per centroid), the last ones every sampled row. About 2x faster;
+    on clustered synthetic data as good, on the real MiniLM embeddings ~5% fewer effective buckets at
+    L1 = 256, hence off by default.
 
     Returns:
         a :class:`hermes.Model`. For ``"hermes"`` W is orthogonal (to float32 precision), so

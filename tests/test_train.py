@@ -1,0 +1,326 @@
+"""hermes.fit and hermes.kmeans: quality against scikit-learn / faiss, determinism, checkpoints, bad input."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hermes
+from hermes.train import fit, kmeans
+
+DATA = Path(__file__).resolve().parents[1] / "examples/data/pypi_minilm_20k.f16.npy"
+
+try:
+    from hermes.metrics import centroid_cosine, effective_buckets
+except ImportError:  # pragma: no cover - metrics lands separately
+    def effective_buckets(ids):
+        p = np.bincount(ids) / ids.size
+        p = p[p > 0]
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    def centroid_cosine(x, ids):
+        u = x.astype(np.float64)
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        s = np.zeros((ids.max() + 1, x.shape[1]))
+        np.add.at(s, ids, u)
+        return float(np.linalg.norm(s, axis=1).sum() / x.shape[0])
+
+
+@pytest.fixture(scope="module")
+def real():
+    return np.load(DATA).astype(np.float32)
+
+
+def blobs(n=600, d=13, k=6, seed=0, noise=0.05):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((k, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    lab = rng.integers(0, k, n)
+    x = c[lab] + noise * rng.standard_normal((n, d)).astype(np.float32)
+    return x.astype(np.float32), lab, c
+
+
+def same_model(a, b):
+    assert a.levels == b.levels and a.metric == b.metric
+    for ca, cb in zip(a.codebooks, b.codebooks):
+        np.testing.assert_array_equal(ca, cb)
+    for wa, wb in ((a.W, b.W), (a.b, b.b)):
+        assert (wa is None) == (wb is None)
+        if wa is not None:
+            np.testing.assert_array_equal(wa, wb)
+
+
+def quality(x, model):
+    c = hermes.assign_codes(x, model)[:, 0]
+    return effective_buckets(c), centroid_cosine(x, c)
+
+
+def sklearn_quality(x, k):
+    from sklearn.cluster import KMeans
+
+    ids = KMeans(k, n_init=1, random_state=0).fit(x).labels_
+    return effective_buckets(ids), centroid_cosine(x, ids)
+
+
+# ------------------------------------------------------------------------------------------ kmeans
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+def test_kmeans_recovers_blobs(metric):
+    x, lab, c = blobs()
+    C = kmeans(x, 6, metric=metric, iters=10, seed=1)
+    assert C.shape == (6, 13) and C.dtype == np.float32
+    if metric == "cos":
+        np.testing.assert_allclose(np.linalg.norm(C, axis=1), 1, atol=1e-5)
+    # every true centre has a centroid within a small angle
+    cos = (c @ C.T) / np.linalg.norm(C, axis=1)
+    assert cos.max(1).min() > 0.99
+
+
+def test_kmeans_torch_in_torch_out_and_same_as_numpy():
+    x, _, _ = blobs()
+    Cn = kmeans(x, 5, seed=3)
+    Ct = kmeans(torch.from_numpy(x), 5, seed=3)
+    assert isinstance(Ct, torch.Tensor)
+    np.testing.assert_array_equal(Cn, Ct.numpy())
+
+
+def test_kmeans_deterministic_and_seed_matters():
+    x, _, _ = blobs(n=500, k=20, noise=0.3)
+    a, b = kmeans(x, 16, seed=7), kmeans(x, 16, seed=7)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, kmeans(x, 16, seed=8))
+
+
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+def test_kmeans_reseeds_empty_clusters(metric):
+    x, _, _ = blobs(n=300, d=8, k=3)
+    init = np.tile(x[:1], (4, 1))  # 4 identical centroids: ties go to index 0, so 1..3 start empty
+    init[3] = -50 * np.abs(init[3])  # and one far away from everything (under l2)
+    C = kmeans(x, 4, metric=metric, iters=1, init=init)
+    assert np.isfinite(C).all()
+    model = hermes.Model([C], metric=metric, normalize=False)
+    counts = np.bincount(hermes.assign_codes(x, model)[:, 0], minlength=4)
+    assert (counts > 0).all(), counts
+    # re-seeded centroids are data rows (up to normalization under cos)
+    rows = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cos" else x
+    for k in ((1, 2, 3) if metric == "l2" else (1, 2)):
+        assert np.abs(rows - C[k]).max(1).min() < 1e-5
+
+
+def test_kmeans_streams_memmap(tmp_path):
+    x, _, _ = blobs(n=700)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    C1 = kmeans(mm, 6, seed=0, batch_size=64)
+    C2 = kmeans(np.asarray(mm), 6, seed=0, batch_size=64)
+    np.testing.assert_array_equal(C1, C2)
+
+
+def test_kmeans_bad_input():
+    x, _, _ = blobs(n=50)
+    with pytest.raises(ValueError, match="fewer than k = 60"):
+        kmeans(x, 60)
+    with pytest.raises(ValueError, match="k must be an integer"):
+        kmeans(x, 0)
+    with pytest.raises(ValueError, match="metric"):
+        kmeans(x, 3, metric="dot")
+    with pytest.raises(ValueError, match="init"):
+        kmeans(x, 3, init="kmeans||")
+    with pytest.raises(ValueError, match=r"init must be \[k, d\]"):
+        kmeans(x, 3, init=np.zeros((2, 13)))
+    bad = x.copy()
+    bad[17, 3] = np.nan
+    with pytest.raises(ValueError, match="kmeans: x row 17 contains NaN or Inf"):
+        kmeans(bad, 3)
+    with pytest.raises(TypeError, match="x must be"):
+        kmeans(x.astype(np.int32), 3)
+
+
+# --------------------------------------------------------------------------------------------- fit
+def test_rvq_small_real_quality_vs_sklearn(real):
+    x = real[:4000]
+    eb_ref, cc_ref = sklearn_quality(x, 64)
+    m = fit(x, (64, 16), method="rvq", progress=False)
+    assert m.W is None and m.b is None and m.levels == (64, 16)
+    eb, cc = quality(x, m)
+    assert eb >= 0.98 * eb_ref and cc >= 0.98 * cc_ref, (eb, eb_ref, cc, cc_ref)
+
+
+def test_hermes_small_real_quality_and_orthogonal(real):
+    x = real[:4000]
+    eb_ref, cc_ref = sklearn_quality(x, 64)
+    m = fit(x, (64, 16), method="hermes", epochs=2, batch_size=512, progress=False)
+    assert m.fused and m.is_orthogonal
+    W = m.W.astype(np.float64)
+    assert np.abs(W.T @ W - np.eye(m.d)).max() < 1e-4
+    assert not np.array_equal(m.W, np.eye(m.d, dtype=np.float32))  # it trained
+    eb, cc = quality(x, m)
+    assert eb >= 0.98 * eb_ref and cc >= 0.98 * cc_ref, (eb, eb_ref, cc, cc_ref)
+    st = m.train_stats
+    assert len(st["epochs"]) == 2 and all(np.isfinite(e["mean_loss"]) for e in st["epochs"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rvq", "hermes"])
+def test_real_quality_256_buckets_vs_sklearn(real, method):
+    eb_ref, cc_ref = sklearn_quality(real, 256)
+    m = fit(real, (256, 256, 256), method=method, progress=False)
+    eb, cc = quality(real, m)
+    assert abs(eb / eb_ref - 1) <= 0.02 and abs(cc / cc_ref - 1) <= 0.02, (eb, eb_ref, cc, cc_ref)
+
+
+def test_rvq_l2_reconstruction_not_worse_than_faiss(real):
+    faiss = pytest.importorskip("faiss")
+    x = real[:5000]
+    rq = faiss.ResidualQuantizer(x.shape[1], 3, 5)
+    rq.train_type = faiss.ResidualQuantizer.Train_default
+    rq.max_beam_size = 1
+    rq.train(x)
+    err_f = float(((x - rq.decode(rq.compute_codes(x))) ** 2).sum(1).mean())
+    m = fit(x, (32, 32, 32), method="rvq", metric="l2", progress=False)
+    err_h = float(hermes.quantization_error(x, m).mean())
+    assert err_h <= err_f, (err_h, err_f)
+    # each stage lowers the error
+    errs = [float(hermes.quantization_error(x, m, depth=k).mean()) for k in (1, 2, 3)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_rvq_cos_codewords_keep_scale(real):
+    x = real[:3000]
+    m = fit(x, (32, 8), method="rvq", metric="cos", progress=False)
+    n1 = np.linalg.norm(m.codebooks[0], axis=1)
+    assert (n1 < 1).all() and (n1 > 0.3).all()  # least-squares scale, not unit
+    e1 = float(hermes.quantization_error(x, m, depth=1).mean())
+    e2 = float(hermes.quantization_error(x, m, depth=2).mean())
+    assert e2 < e1 < 1.0
+
+
+@pytest.mark.parametrize("method", ["rvq", "hermes"])
+def test_fit_deterministic_on_cpu(method):
+    x, _, _ = blobs(n=400, d=10, k=12, noise=0.3)
+    kw = dict(method=method, epochs=2, batch_size=128, progress=False, seed=5)
+    a, b = fit(x, (8, 4), **kw), fit(x, (8, 4), **kw)
+    same_model(a, b)
+    c = fit(x, (8, 4), **{**kw, "seed": 6})
+    assert not all(np.array_equal(p, q) for p, q in zip(a.codebooks, c.codebooks))
+
+
+def test_fit_torch_and_memmap_inputs_match_numpy(tmp_path):
+    x, _, _ = blobs(n=300, d=9, k=8, noise=0.2)
+    ref = fit(x, (8, 4), method="rvq", progress=False, max_points_per_centroid=None)
+    same_model(ref, fit(torch.from_numpy(x), (8, 4), method="rvq", progress=False, max_points_per_centroid=None))
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mm = np.load(path, mmap_mode="r")  # the streaming path: residuals recomputed per batch from codes
+    same_model(ref, fit(mm, (8, 4), method="rvq", progress=False, max_points_per_centroid=None))
+    h = fit(x, (8, 4), method="hermes", epochs=1, batch_size=64, progress=False)
+    same_model(h, fit(mm, (8, 4), method="hermes", epochs=1, batch_size=64, progress=False))
+
+
+@pytest.mark.parametrize("method", ["hermes", "rvq"])
+def test_checkpoint_resume_bit_identical(tmp_path, method):
+    x, _, _ = blobs(n=300, d=10, k=12, noise=0.3)
+    kw = dict(method=method, batch_size=64, progress=False, seed=2)
+    full = fit(x, (8, 4, 4), epochs=3, **kw)
+    d = tmp_path / "run"
+    if method == "hermes":
+        fit(x, (8, 4, 4), epochs=1, checkpoint_dir=d, **kw)  # "killed" after epoch 1
+    else:  # rvq checkpoints per stage: keep a 1-stage checkpoint
+        import shutil
+
+        fit(x, (8, 4, 4), epochs=3, checkpoint_dir=d, **kw)
+        blob = torch.load(d / "hermes_fit.ckpt", weights_only=True)
+        assert blob["stage"] == 3
+        blob["stage"], blob["codebooks"], blob["counts"] = 1, blob["codebooks"][:1], blob["counts"][:1]
+        torch.save(blob, d / "hermes_fit.ckpt")
+        shutil.copy(d / "hermes_fit.ckpt", tmp_path / "copy.ckpt")
+    resumed = fit(x, (8, 4, 4), epochs=3, checkpoint_dir=d, resume=True, **kw)
+    same_model(full, resumed)
+    assert sorted(os.listdir(d)) == ["hermes_fit.ckpt"]  # no temp files left behind
+
+
+def test_resume_from_other_configuration_names_file(tmp_path):
+    x, _, _ = blobs(n=200, d=10)
+    fit(x, (8, 4), method="hermes", epochs=1, batch_size=64, progress=False, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"hermes_fit\.ckpt.*different configuration.*levels"):
+        fit(x, (8, 8), method="hermes", epochs=2, batch_size=64, progress=False, checkpoint_dir=tmp_path,
+            resume=True)
+    with pytest.raises(ValueError, match=r"hermes_fit\.ckpt.*different configuration.*data"):
+        fit(x[::-1].copy(), (8, 4), method="hermes", epochs=2, batch_size=64, progress=False,
+            checkpoint_dir=tmp_path, resume=True)
+    (tmp_path / "hermes_fit.ckpt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"hermes_fit\.ckpt"):
+        fit(x, (8, 4), method="hermes", epochs=1, batch_size=64, progress=False, checkpoint_dir=tmp_path,
+            resume=True)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        fit(x, (8, 4), resume=True, progress=False)
+
+
+def test_fit_bad_input():
+    x, _, _ = blobs(n=100, d=10)
+    bad = x.copy()
+    bad[42] = np.inf
+    with pytest.raises(ValueError, match="fit: x row 42 contains NaN or Inf"):
+        fit(bad, (8,), method="rvq", progress=False)
+    with pytest.raises(ValueError, match="fit: x row 42 contains NaN or Inf"):
+        fit(bad, (8,), method="hermes", epochs=1, progress=False, max_points_per_centroid=1)
+    with pytest.raises(ValueError, match="100 training vectors, fewer than the 256 codewords"):
+        fit(x, (256,), progress=False)
+    for lv in [(0, 4), (8, 2.5), ("a",), (), (True,), [8, -1]]:
+        with pytest.raises(ValueError, match="levels"):
+            fit(x, lv, progress=False)
+    with pytest.raises(ValueError, match="method"):
+        fit(x, (8,), method="pq", progress=False)
+    with pytest.raises(ValueError, match="metric"):
+        fit(x, (8,), metric="ip", progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(x, (8,), epochs=-1, progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        fit(x, (8,), lr=float("nan"), progress=False)
+    with pytest.raises(TypeError, match="unknown option.*ema_decay"):
+        fit(x, (8,), method="rvq", ema_decay=0.5, progress=False)
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(x, (8,), ema_decay=1.0, progress=False)
+    with pytest.raises(TypeError, match="x must be"):
+        fit(x.astype(np.int64), (8,), progress=False)
+
+
+def test_fit_under_single_process_gloo_ddp_matches_plain(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this torch build")
+    x, _, _ = blobs(n=300, d=10, k=12, noise=0.3)
+    kw = dict(method="hermes", epochs=2, batch_size=64, progress=False, seed=4)
+    plain = fit(x, (8, 4), **kw)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = fit(x, (8, 4), **kw)
+    finally:
+        dist.destroy_process_group()
+    same_model(plain, ddp)
+
+
+def test_progress_bar_shows_loss_terms(capsys):
+    x, _, _ = blobs(n=200, d=10)
+    fit(x, (8,), method="hermes", epochs=1, batch_size=64, progress=True)
+    err = capsys.readouterr().err
+    assert "hermes epoch 1/1" in err and "struct=" in err and "quant=" in err
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda_matches_cpu_quality():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x, _, _ = blobs(n=2000, d=32, k=16, noise=0.2)
+    m_cpu = fit(x, (16, 8), method="rvq", progress=False)
+    m_gpu = fit(torch.from_numpy(x).cuda(), (16, 8), method="rvq", progress=False)
+    e_cpu = float(hermes.quantization_error(x, m_cpu).mean())
+    e_gpu = float(hermes.quantization_error(x, m_gpu).mean())
+    assert e_gpu <= 1.05 * e_cpu
+    h = fit(torch.from_numpy(x).cuda(), (16, 8), method="hermes", epochs=1, progress=False)
+    assert h.fused
