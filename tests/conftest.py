@@ -37,6 +37,20 @@ def to_device(x: np.ndarray, device: str):
     return t.cuda() if device == "cuda" else t
 
 
+def child_env() -> dict:
+    """Environment for a child Python that imports the same hermes as this process (installed or source tree).
+
+    Run the child with a cwd outside the repository: from the repo root, `python -m`/`-c` would import the
+    uncompiled source tree of an installed-wheel checkout.
+    """
+    import os
+
+    env = dict(os.environ)
+    root = str(Path(hermes.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def to_numpy(x):
     return x if isinstance(x, np.ndarray) else x.cpu().numpy()
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import hermes
 from hermes.cli import main
 
-from conftest import REPO
+from conftest import REPO, child_env
 
 D = 16
 LEVELS = (6, 4, 3)
@@ -73,9 +73,9 @@ def test_help_on_every_command(run):
     assert "--budget" in run("mix", "--help").output and "--model" in run("assign", "--help").output
 
 
-def test_python_dash_m_hermes():
-    r = subprocess.run([sys.executable, "-m", "hermes", "--version"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+def test_python_dash_m_hermes(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hermes", "--version"], cwd=tmp_path, env=child_env(),
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == f"hermes {hermes.__version__}", r.stderr
 
 

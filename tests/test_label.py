@@ -15,7 +15,7 @@ import pytest
 import hermes
 from hermes.buckets import all_bucket_ids
 
-from conftest import REPO
+from conftest import REPO, child_env
 
 L = importlib.import_module("hermes.label")  # the module (hermes.label may be the function once exported)
 
@@ -203,7 +203,8 @@ def test_sigkill_mid_shard_then_rerun(tmp_path):
         L.label([{str(tmp_path / 's0.npy')!r}, {str(tmp_path / 's1.npy')!r}], {str(tmp_path / 'm.safetensors')!r},
                 {str(tmp_path / 'out')!r}, batch_size=25, progress=False)
     """)
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=child_env(), capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == -signal.SIGKILL, r.stderr
     names = visible(tmp_path / "out")
     assert [n for n in names if not n.startswith(".")] == ["s0.parquet"]
