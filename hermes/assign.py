@@ -67,10 +67,55 @@ def _raise_bad_row(fn: str, row: int):
 
 
 # ------------------------------------------------------------------------------------------ CPU
-def _assign_cpu(fn, x, model: Model, batch_size, progress):
+PRECISIONS = ("auto", "fp32", "bf16")
+_SCREEN_GIVE_UP = 32  # rescored codewords per row and level above which the fp32 GEMM is cheaper
+_bf16_ok = None
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch's bf16 GEMM passes a probe
+    of the error bound the screen relies on (fp32 accumulation). Cached for the process."""
+    global _bf16_ok
+    if _bf16_ok is None:
+        _bf16_ok = False
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line for line in f if line.startswith("flags")), "").split()
+        except OSError:
+            flags = []
+        if "avx512_bf16" in flags or "amx_bf16" in flags:
+            import torch
+
+            g = torch.Generator().manual_seed(0)
+            a, b = torch.randn(64, 1024, generator=g), torch.randn(1024, 64, generator=g)
+            exact = a.double() @ b.double()
+            approx = (a.bfloat16() @ b.bfloat16()).double()
+            bound = 2.0 ** -8 * approx.abs() + (2.0 ** -7 + 2.0 ** -15 + 1024 * 2.0 ** -24) * (
+                a.double().abs() @ b.double().abs())
+            _bf16_ok = bool(((approx - exact).abs() <= bound).all())
+    return _bf16_ok
+
+
+def _screen_tables(model: Model, t):
+    """bf16 GEMM operand, M^T and the column norms (rounded up) for the screened CPU search, built once."""
+    import torch
+
+    if "M16" not in t.extra:
+        M64 = t.M.astype(np.float64)
+        mnorm = np.sqrt((M64 * M64).sum(0)).astype(np.float32)
+        t.extra["M16"] = torch.from_numpy(t.M).to(torch.bfloat16)
+        t.extra["Mt"] = np.ascontiguousarray(t.M.T)
+        t.extra["mnorm"] = np.nextafter(mnorm, np.float32(np.inf))
+        t.extra["betas"] = [t.beta[t.offsets[l]:t.offsets[l + 1]] for l in range(model.L)]
+    return t.extra
+
+
+def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
     import torch
 
     t = model._host_tables()
+    screen = t.folded and (precision == "bf16" or (precision == "auto" and _cpu_has_fast_bf16()))
+    st = _screen_tables(model, t) if screen else None
     get, N = _cpu_source(fn, x)
     L, metric, nt = model.L, METRICS[model.metric], _nthreads()
     codes = np.zeros((N, L), dtype=np.int32)
@@ -82,13 +127,25 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress):
             cb = codes[lo:hi]
             if t.folded:
                 inv_s = np.empty(hi - lo, dtype=np.float32)
-                bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
+                if screen:
+                    x16 = np.empty(xb.shape, dtype=np.int16)
+                    bad = _C.row_norms_bf16_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, x16, nt)
+                else:
+                    bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
                 if bad >= 0:
                     _raise_bad_row(fn, lo + bad)
-                g = torch.mm(_tensor(xb), M).numpy()
-                for l, K in enumerate(model.levels):
-                    o = t.offsets[l]
-                    _C.argmin_level_cpu(g, o, K, l, metric, t.beta[o:o + K], t.cterm[l], t.T[l], inv_s, cb, nt)
+                if screen:
+                    g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), st["M16"])
+                    rescored = _C.assign_screened_cpu(
+                        g16.view(torch.int16).numpy(), xb, st["Mt"], st["mnorm"], t.offsets[:-1], list(model.levels),
+                        metric, st["betas"], t.cterm, t.T, inv_s, cb, nt)
+                    if precision == "auto" and rescored > _SCREEN_GIVE_UP * (hi - lo) * L:
+                        screen = False  # scores too close for the bf16 screen on this data: fp32 from now on
+                else:
+                    g = torch.mm(_tensor(xb), M).numpy()
+                    for l, K in enumerate(model.levels):
+                        o = t.offsets[l]
+                        _C.argmin_level_cpu(g, o, K, l, metric, t.beta[o:o + K], t.cterm[l], t.T[l], inv_s, cb, nt)
             else:
                 r = _rotate_cpu(fn, xb, model, t, nt, lo)
                 rt = torch.from_numpy(r)
@@ -186,7 +243,8 @@ def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool):
 
 
 # --------------------------------------------------------------------------------------- public
-def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=None, check_finite: bool = True):
+def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=None, check_finite: bool = True,
+                 precision: str = "auto"):
     """Labels every row of ``x`` with its residual-quantization code.
 
     Args:
@@ -198,6 +256,12 @@ def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=Non
         progress: show a progress bar (``None``: only for inputs of 2M rows or more).
         check_finite: on CUDA, check for NaN/Inf rows (costs one device synchronization). On the CPU the
             check is always made, at no cost.
+        precision: CPU fused path only. ``"fp32"``: one fp32 GEMM. ``"bf16"``: a bf16 GEMM screens the
+            codewords with a rigorous error bound and only the codewords that can still win are rescored
+            exactly in fp32, so the codes are those of an fp32 search (up to fp32 near-ties), not of a bf16
+            one. ``"auto"`` (default): bf16 screening where the CPU multiplies bf16 natively (AVX512-BF16/AMX)
+            and a probe confirms torch's bf16 GEMM accumulates in fp32; it falls back to fp32 for the rest
+            of the call when the data leaves too many candidates (more than 32 per row and level).
 
     Returns:
         codes ``[N, L]`` int32: ``codes[n, l]`` is the stage-l codeword of row n. Each stage picks the
@@ -213,11 +277,13 @@ def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=Non
     model = _check_model(fn, model)
     check_matrix(fn, "x", x, model.d)
     bs = _check_batch(fn, batch_size)
+    if precision not in PRECISIONS:
+        raise ValueError(f"{fn}: precision must be one of {PRECISIONS}, got {precision!r}")
     if is_torch(x) and x.device.type == "cuda":
         return _assign_cuda(fn, x, model, bs or CUDA_BATCH, check_finite)
     if is_torch(x) and x.device.type != "cpu":
         raise ValueError(f"{fn}: x is on unsupported device {x.device}; use a CPU or CUDA tensor")
-    codes = _assign_cpu(fn, x, model, bs or CPU_BATCH, progress)
+    codes = _assign_cpu(fn, x, model, bs or CPU_BATCH, progress, precision)
     if is_torch(x):
         import torch
 

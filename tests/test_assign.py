@@ -285,3 +285,28 @@ def test_load_errors_name_file(tmp_path):
         hermes.load(tmp_path / "junk.hermes")
     with pytest.raises(FileNotFoundError, match=r"no model file at"):
         hermes.load(tmp_path / "nope.hermes")
+
+
+# ------------------------------------------------------------------------------------ bf16 screening
+@pytest.mark.parametrize("metric", ["cos", "l2"])
+@pytest.mark.parametrize("d,Ks", [(7, (256, 64)), (64, (256, 64, 32)), (384, (70, 5, 130, 16)), (1000, (256, 256))])
+def test_bf16_screen_is_an_exact_fp32_search(metric, d, Ks):
+    # The bf16 GEMM only screens; candidates are rescored in fp32, so codes are the fp32 search's (and the
+    # reference's up to near-ties), never a bf16 search's.
+    model = make_model(d, Ks, metric, "orthogonal")
+    x = unit_rows(2000, d, seed=3) * 1.7
+    screened = hermes.assign_codes(x, model, precision="bf16")
+    check_codes(x, model, screened)
+    fp32 = hermes.assign_codes(x, model, precision="fp32")
+    assert (screened != fp32).any(axis=1).mean() <= 0.01
+
+
+def test_bf16_screen_degenerate_scores(real_embeddings):
+    # Duplicate and zero codewords, documents equal to codewords (zero residuals): many exact ties.
+    x = real_embeddings[:3000].astype(np.float32)
+    c1 = np.concatenate([x[:100], x[:100], np.zeros((1, 384), np.float32)])
+    model = hermes.Model([c1, 0.3 * c1, 0.1 * c1], metric="cos")
+    for precision in ("bf16", "auto"):
+        check_codes(x, model, hermes.assign_codes(x, model, precision=precision), max_tie_frac=None)
+    with pytest.raises(ValueError, match=r"assign_codes: precision must be one of \('auto', 'fp32', 'bf16'\)"):
+        hermes.assign_codes(x, model, precision="fp16")

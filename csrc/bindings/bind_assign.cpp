@@ -84,6 +84,24 @@ void bind_assign(py::module_& m) {
       "inv_s[N] = 1/||W x + b|| from x [N, d] and W^T b [d]; returns the first non-finite row or -1");
 
   m.def(
+      "row_norms_bf16_cpu",
+      [](const F32& x, const F32& wtb, float bb, bool normalize, F32& inv_s, py::array_t<int16_t, py::array::c_style>& x16,
+         int nthreads) {
+        require_2d(x, "x");
+        require(wtb.ndim() == 1 && wtb.shape(0) == x.shape(1), "wtb must be [d]");
+        require(inv_s.ndim() == 1 && inv_s.shape(0) == x.shape(0), "inv_s must be [N]");
+        require(x16.ndim() == 2 && x16.shape(0) == x.shape(0) && x16.shape(1) == x.shape(1), "x16 must be [N, d]");
+        float* out = inv_s.mutable_data();
+        uint16_t* o16 = reinterpret_cast<uint16_t*>(x16.mutable_data());
+        py::gil_scoped_release nogil;
+        return hermes::cpu::row_norms_bf16(x.data(), x.shape(0), x.shape(1), wtb.data(), bb, normalize, out, o16,
+                                           nthreads);
+      },
+      py::arg("x").noconvert(), py::arg("wtb").noconvert(), py::arg("bb"), py::arg("normalize"),
+      py::arg("inv_s").noconvert(), py::arg("x16").noconvert(), py::arg("nthreads"),
+      "row_norms_cpu, then x16 = bf16(x) (int16 view, round to nearest even); returns the first non-finite row or -1");
+
+  m.def(
       "normalize_rows_cpu",
       [](F32& h, bool normalize, int nthreads) {
         require_2d(h, "h");
@@ -113,6 +131,43 @@ void bind_assign(py::module_& m) {
       py::arg("beta").noconvert().none(true), py::arg("cterm").noconvert(), py::arg("T"),
       py::arg("inv_s").noconvert().none(true), py::arg("codes").noconvert(), py::arg("nthreads"),
       "codes[:, level] = argmax of the level's scores given the GEMM block g[:, col_offset:col_offset+K]");
+
+  m.def(
+      "assign_screened_cpu",
+      [](const py::array_t<int16_t, py::array::c_style>& g16, const F32& x, const F32& mt, const F32& mnorm,
+         const std::vector<int64_t>& offsets, const std::vector<int>& Ks, int metric, const std::vector<F32>& betas,
+         const std::vector<F32>& cterms, const std::vector<std::vector<F32>>& Ts, const F32& inv_s, I32& codes,
+         int nthreads) {
+        require_2d(x, "x");
+        require_2d(g16, "g16");
+        require_2d(mt, "mt");
+        require_2d(codes, "codes");
+        const int L = static_cast<int>(Ks.size());
+        require(L >= 1 && codes.shape(1) == L, "codes must be [N, L]");
+        require(offsets.size() == Ks.size() && betas.size() == Ks.size() && cterms.size() == Ks.size() &&
+                    Ts.size() == Ks.size(), "one offset, K, beta, cterm and T list per level");
+        const int64_t n = x.shape(0), d = x.shape(1), cols = mt.shape(0);
+        require(g16.shape(0) == n && g16.shape(1) == cols, "g16 must be [N, sum K]");
+        require(mt.shape(1) == d && mnorm.ndim() == 1 && mnorm.shape(0) == cols, "mt must be [sum K, d], mnorm [sum K]");
+        require(inv_s.ndim() == 1 && inv_s.shape(0) == n && codes.shape(0) == n, "inv_s must be [N]");
+        std::vector<hermes::cpu::ScreenLevel> levels;
+        for (int l = 0; l < L; ++l) {
+          require(offsets[l] >= 0 && offsets[l] + Ks[l] <= cols, "level columns out of range");
+          require(betas[l].ndim() == 1 && betas[l].shape(0) == Ks[l], "betas[l] must be [K_l]");
+          std::optional<F32> beta(betas[l]);
+          levels.push_back({cpu_params(Ks[l], l, L, metric, beta, cterms[l], Ts[l]), offsets[l]});
+        }
+        int32_t* c = codes.mutable_data();
+        const uint16_t* g = reinterpret_cast<const uint16_t*>(g16.data());
+        py::gil_scoped_release nogil;
+        return hermes::cpu::assign_screened(g, g16.shape(1), x.data(), n, d, mt.data(), mnorm.data(), levels.data(), L,
+                                            inv_s.data(), c, nthreads);
+      },
+      py::arg("g16").noconvert(), py::arg("x").noconvert(), py::arg("mt").noconvert(), py::arg("mnorm").noconvert(),
+      py::arg("offsets"), py::arg("Ks"), py::arg("metric"), py::arg("betas"), py::arg("cterms"), py::arg("Ts"),
+      py::arg("inv_s").noconvert(), py::arg("codes").noconvert(), py::arg("nthreads"),
+      "All levels of the folded search screened by a bf16 GEMM g16 [N, sum K] (int16 view of bf16) with exact fp32 "
+      "rescoring of the candidates; returns the number of rescored codewords");
 
   m.def(
       "subtract_codeword_cpu",

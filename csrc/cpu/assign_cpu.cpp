@@ -70,6 +70,107 @@ int32_t level_row(const core::LevelParams& p, const float* gr, float inv_s, cons
   return best.index;
 }
 
+// fp32 dot product for the exact rescoring: 64 lane partial sums (four independent vector chains), then a
+// halving tree; both vectorize. Any fp32 summation order is within the screen's error bound.
+HERMES_CPU_CLONES
+float dot_fast(const float* a, const float* b, int64_t d) {
+  constexpr int kLanes = 64;
+  float acc[kLanes] = {0};
+  int64_t i0 = 0;
+  for (; i0 + kLanes <= d; i0 += kLanes)
+    for (int lane = 0; lane < kLanes; ++lane) acc[lane] = core::mul_add(a[i0 + lane], b[i0 + lane], acc[lane]);
+  for (int lane = 0; i0 + lane < d; ++lane) acc[lane] = core::mul_add(a[i0 + lane], b[i0 + lane], acc[lane]);
+  for (int o = kLanes / 2; o > 0; o >>= 1)
+    for (int i = 0; i < o; ++i) acc[i] += acc[i + o];
+  return acc[0];
+}
+
+// max of v[0..n), n >= 1, NaN-free: 16 lanes so it vectorizes (max is exact in any order).
+HERMES_CPU_CLONES
+float max_of(const float* v, int n) {
+  float m[16];
+  for (int j = 0; j < 16; ++j) m[j] = v[0];
+  int k0 = 0;
+  for (; k0 + 16 <= n; k0 += 16)
+    for (int j = 0; j < 16; ++j) m[j] = v[k0 + j] > m[j] ? v[k0 + j] : m[j];
+  for (int j = 0; k0 + j < n; ++j) m[j] = v[k0 + j] > m[j] ? v[k0 + j] : m[j];
+  float r = m[0];
+  for (int j = 1; j < 16; ++j) r = m[j] > r ? m[j] : r;
+  return r;
+}
+
+// Round to nearest even, as torch does; |bf16(v) - v| <= 2^-8 |v| for the finite values passed here.
+HERMES_CPU_CLONES
+void to_bf16(const float* v, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, v + i, sizeof u);
+    out[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
+// bf16 bits -> float: the bits are the high half of the float's.
+HERMES_CPU_CLONES
+void bf16_row_to_float(const uint16_t* h, int n, float* out) {
+  for (int k = 0; k < n; ++k) {
+    const uint32_t u = static_cast<uint32_t>(h[k]) << 16;
+    std::memcpy(out + k, &u, sizeof u);
+  }
+}
+
+// One row, all levels, screened. corr, hi and lo are scratch of size max K; beta is never null here.
+HERMES_CPU_CLONES
+int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float* mt, const float* mnorm,
+                     const ScreenLevel* levels, int L, float inv_s, int32_t* code_row, float* corr, float* hi,
+                     float* lo) {
+  // |g16 - x.M_k| <= 2^-8 |g16| (bf16 output) + (2^-7 + 2^-15 + d 2^-24) ||x|| ||M_k|| (bf16 inputs, fp32
+  // accumulation); both inflated by 1% so the rounding of the bound arithmetic itself stays covered.
+  const float c_out = 1.01f * 0x1p-8f;
+  const float c_in = 1.01f * (0x1p-7f + 0x1p-15f + static_cast<float>(d) * 0x1p-24f);
+  const float xnorm = 1.01f * std::sqrt(dot_fast(xr, xr, d));
+  int64_t rescored = 0;
+  for (int l = 0; l < L; ++l) {
+    const core::LevelParams& p = levels[l].p;
+    const int64_t off = levels[l].offset;
+    const int K = p.K;
+    for (int k = 0; k < K; ++k) corr[k] = 0.0f;
+    for (int j = 0; j < p.level; ++j) {
+      if (p.T[j] == nullptr) continue;
+      const float* t = p.T[j] + static_cast<int64_t>(code_row[j]) * K;
+      for (int k = 0; k < K; ++k) corr[k] += t[k];
+    }
+    // The score is non-decreasing in the dot product (inv_s >= 0, cterm >= 0, rounding is monotone), so
+    // scores at g16 -/+ E bracket the exact one. The metric is a literal in each loop so both vectorize.
+    const uint16_t* gl = gr + off;
+    const float* mn = mnorm + off;
+    const float cx = c_in * xnorm;
+    bf16_row_to_float(gl, K, hi);  // hi holds the bf16 scores as floats until it is overwritten below
+    if (p.metric == core::kL2) {
+      for (int k = 0; k < K; ++k) {
+        const float g = hi[k], e = c_out * std::fabs(g) + cx * mn[k];
+        lo[k] = core::score_from_parts(g - e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kL2);
+        hi[k] = core::score_from_parts(g + e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kL2);
+      }
+    } else {
+      for (int k = 0; k < K; ++k) {
+        const float g = hi[k], e = c_out * std::fabs(g) + cx * mn[k];
+        lo[k] = core::score_from_parts(g - e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kCos);
+        hi[k] = core::score_from_parts(g + e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kCos);
+      }
+    }
+    const float best_lo = max_of(lo, K);
+    core::Best best = core::best_init();
+    for (int k = 0; k < K; ++k) {
+      if (!(hi[k] >= best_lo)) continue;
+      const float g = dot_fast(xr, mt + (off + k) * d, d);
+      core::best_update(best, core::score_from_parts(g, p.beta ? p.beta[k] : 0.0f, inv_s, corr[k], p.cterm[k], p.metric), k);
+      ++rescored;
+    }
+    code_row[p.level] = best.index;
+  }
+  return rescored;
+}
+
 void record_bad(std::atomic<int64_t>& first_bad, int64_t row) {
   int64_t cur = first_bad.load();
   while ((cur < 0 || row < cur) && !first_bad.compare_exchange_weak(cur, row)) {
@@ -91,6 +192,14 @@ int64_t row_norms(const float* x, int64_t n, int64_t d, int64_t ldx, const float
     }
   });
   return first_bad.load();
+}
+
+int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, float bb, bool normalize,
+                       float* inv_s, uint16_t* x16, int nthreads) {
+  int64_t bad = row_norms(x, n, d, d, wtb, bb, normalize, inv_s, nthreads);
+  if (bad >= 0) return bad;
+  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) { to_bf16(x + lo * d, (hi - lo) * d, x16 + lo * d); });
+  return -1;
 }
 
 int64_t normalize_rows(float* h, int64_t n, int64_t d, int64_t ldh, bool normalize, int nthreads) {
@@ -122,6 +231,23 @@ void argmin_level(const float* g, int64_t ldg, const core::LevelParams& p, const
       code_row[p.level] = level_row(p, g + r * ldg, inv_s != nullptr ? inv_s[r] : 1.0f, code_row, buf.data());
     }
   });
+}
+
+int64_t assign_screened(const uint16_t* g16, int64_t ldg, const float* x, int64_t n, int64_t d, const float* mt,
+                        const float* mnorm, const ScreenLevel* levels, int L, const float* inv_s, int32_t* codes,
+                        int nthreads) {
+  int maxK = 1;
+  for (int l = 0; l < L; ++l) maxK = std::max(maxK, levels[l].p.K);
+  std::atomic<int64_t> total{0};
+  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
+    std::vector<float> corr(static_cast<size_t>(maxK)), hib(static_cast<size_t>(maxK)), lob(static_cast<size_t>(maxK));
+    int64_t local = 0;
+    for (int64_t r = lo; r < hi; ++r)
+      local += screened_row(g16 + r * ldg, x + r * d, d, mt, mnorm, levels, L, inv_s[r], codes + r * L, corr.data(),
+                            hib.data(), lob.data());
+    total += local;
+  });
+  return total.load();
 }
 
 void subtract_codeword(float* r, int64_t n, int64_t d, int64_t ldr, const float* C, const int32_t* codes,

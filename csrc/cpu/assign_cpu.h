@@ -17,6 +17,10 @@ int64_t row_norms(const float* x,    // [N, d], row stride ldx
                   float* inv_s,      // [N] out
                   int nthreads);
 
+// row_norms for a contiguous x, then x16 = bf16(x) (round to nearest even) for the screening GEMM.
+int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, float bb, bool normalize,
+                       float* inv_s, uint16_t* x16, int nthreads);
+
 // Scales each row of h to unit norm (when normalize) in the normalize kernel's lane order.
 // Returns the first row with a non-finite entry, or -1.
 int64_t normalize_rows(float* h,  // [N, d], row stride ldh, in place
@@ -37,6 +41,27 @@ void subtract_codeword(float* r,               // [N, d], row stride ldr
                        const float* C,         // [K, d]
                        const int32_t* codes,   // [N, L]
                        int L, int level, int nthreads);
+
+// One level of the bf16-screened search: the level's params and its column offset in the GEMM output.
+struct ScreenLevel {
+  core::LevelParams p;
+  int64_t offset;
+};
+
+// All levels of the folded search from a bf16 GEMM g16 = bf16(x) bf16(M) (fp32 accumulation, bf16 output):
+// per row and level, a rigorous error bound on every bf16 score brackets the exact fp32 score (the score is
+// a monotone function of the dot product), and only the codewords whose upper bound reaches the best lower
+// bound are rescored exactly in fp32 against mt. Returns the number of rescored (row, level, codeword)s.
+int64_t assign_screened(const uint16_t* g16,  // [N, sum K] bf16 bits, row stride ldg
+                        int64_t ldg,
+                        const float* x,       // [N, d] fp32 rows
+                        int64_t n, int64_t d,
+                        const float* mt,      // [sum K, d]: M^T
+                        const float* mnorm,   // [sum K]: ||M[:, k]||, rounded up
+                        const ScreenLevel* levels, int L,
+                        const float* inv_s,   // [N]
+                        int32_t* codes,       // [N, L]
+                        int nthreads);
 
 // Kernel-order reference executors: the dot products in the kernel's k order (one fmaf per k),
 // for bit-exact comparison with the CUDA kernels (run on a GPU or under the SIMT emulator).
