@@ -2,7 +2,8 @@
 faiss ResidualQuantizer -- bucket quality at L1 on real embeddings, reconstruction error, and fit speed.
 
     python bench/bench_fit.py --quick          # small: repo data, 20k x 256 synthetic
-    python bench/bench_fit.py                  # full: 50k real rows (if present), 200k x 1024 synthetic
+    python bench/bench_fit.py                  # full: repo data (20k x 384), 200k x 1024 synthetic
+    python bench/bench_fit.py --shared         # sections 1-2 on the 50k shared rows instead (if present)
 
 Sections:
 1. Real data, L1 = 256 buckets, cosine assignment: exp(entropy of bucket sizes) and mean cosine of
@@ -25,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import hermes  # noqa: E402
 from hermes.train import fit  # noqa: E402
@@ -83,7 +85,7 @@ def row(name, secs, eb, cc, ref_eb=None, ref_cc=None):
 
 
 def real_data(args):
-    path = SHARED if (SHARED.is_file() and not args.quick) else REPO
+    path = SHARED if (args.shared and SHARED.is_file()) else REPO
     x = np.load(path).astype(np.float32)
     if args.real_n:
         x = x[:args.real_n]
@@ -130,20 +132,17 @@ def real_data(args):
           f"(ratio {err_h / err_f:.4f})")
 
 
-def synthetic(n, d, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((1000, d)).astype(np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    x = centers[rng.integers(0, 1000, n)]
-    x += 0.7 / np.sqrt(d) * rng.standard_normal((n, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+def synthetic(n, d, noise, seed=0):
+    from common import clustered_unit_vectors
+
+    return clustered_unit_vectors(n, d, centers=1000, noise=noise, seed=seed)
 
 
 def speed(args):
     n, d = args.n, args.d
-    x = synthetic(n, d)
-    print(f"\n[3] synthetic {n} x {d} (1,000 unit centres + noise, normalized), 3 x 256, L2")
+    x = synthetic(n, d, args.noise)
+    print(f"\n[3] synthetic {n} x {d} (bench/common.py clustered_unit_vectors: 1,000 unit centres + "
+          f"noise {args.noise} / sqrt(d), normalized), 3 x 256, L2; {args.repeats} repeat(s), medians")
     res = {}
     for rep in range(args.repeats):
         t = time.perf_counter()
@@ -153,13 +152,13 @@ def speed(args):
         res.setdefault("faiss", []).append(dt)
     err_h = hermes_err(x, m)
     t = time.perf_counter()
-    for opt in (dict(progressive=True), dict(max_points_per_centroid=128)):
+    for opt in (dict(kmeans_iters=10), dict(warmup_iters=0)):
         t = time.perf_counter()
         mo = fit(x, (256, 256, 256), method="rvq", metric="l2", progress=False, **opt)
         print(f"  hermes.fit rvq, {opt}: {time.perf_counter() - t:.2f} s, error {hermes_err(x, mo):.5f}")
     th, tf = float(np.median(res["rvq"])), float(np.median(res["faiss"]))
-    print(f"  hermes.fit rvq (default, 256 points/centroid) {th:8.2f} s   error {err_h:.5f}")
-    print(f"  faiss RQ train (256 points/centroid)          {tf:8.2f} s   error {err_f:.5f}")
+    print(f"  hermes.fit rvq (default: 5 iters, 256 points/centroid) {th:8.2f} s   error {err_h:.5f}")
+    print(f"  faiss RQ train (10 iters, 256 points/centroid)         {tf:8.2f} s   error {err_f:.5f}")
     print(f"  ratio time {th / tf:.3f} (target <= 0.5), error {err_h / err_f:.4f} (target <= 1): "
           f"{'PASS' if th <= 0.5 * tf and err_h <= err_f else 'FAIL'}")
 
@@ -187,8 +186,10 @@ def main():
     ap.add_argument("--epochs", type=int, default=10, help="hermes epochs on the real data")
     ap.add_argument("--hermes-epochs", type=int, default=1, help="hermes epochs timed on synthetic data")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--noise", type=float, default=0.5, help="synthetic noise scale (times 1/sqrt(d))")
     ap.add_argument("--real-n", type=int, default=None, help="use only the first rows of the real data")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--shared", action="store_true", help=f"real data from {SHARED} (default: the repo's 20k)")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     args.n = args.n or (20000 if args.quick else 200000)
