@@ -48,16 +48,23 @@ void lane_partials(const float* xr, const float* wr, int64_t d, float* xx, float
   for (int lane = 0; i0 + lane < d; ++lane) core::norm_step(xr[i0 + lane], wr[i0 + lane], xx[lane], wx[lane]);
 }
 
+// corr[k] = sum_{j<l} T_jl[c_j, k] for every k, added in core::correction's order (0, then + T_0, + T_1, ...).
+HERMES_CPU_CLONES
+void corrections(const core::LevelParams& p, const int32_t* code_row, float* corr) {
+  const int K = p.K;
+  for (int k = 0; k < K; ++k) corr[k] = 0.0f;
+  for (int j = 0; j < p.level; ++j) {
+    if (p.T[j] == nullptr) continue;
+    const float* t = p.T[j] + static_cast<int64_t>(code_row[j]) * K;
+    for (int k = 0; k < K; ++k) corr[k] += t[k];
+  }
+}
+
 // One row of one level: the corrections in core order (0, then + T_0, + T_1, ...), the scores, the argmax.
 HERMES_CPU_CLONES
 int32_t level_row(const core::LevelParams& p, const float* gr, float inv_s, const int32_t* code_row, float* buf) {
   const int K = p.K;
-  for (int k = 0; k < K; ++k) buf[k] = 0.0f;
-  for (int j = 0; j < p.level; ++j) {
-    if (p.T[j] == nullptr) continue;
-    const float* t = p.T[j] + static_cast<int64_t>(code_row[j]) * K;
-    for (int k = 0; k < K; ++k) buf[k] += t[k];
-  }
+  corrections(p, code_row, buf);
   if (p.metric == core::kL2) {
     for (int k = 0; k < K; ++k)
       buf[k] = core::score_from_parts(gr[k], p.beta ? p.beta[k] : 0.0f, inv_s, buf[k], p.cterm[k], core::kL2);
@@ -133,12 +140,7 @@ int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float
     const core::LevelParams& p = levels[l].p;
     const int64_t off = levels[l].offset;
     const int K = p.K;
-    for (int k = 0; k < K; ++k) corr[k] = 0.0f;
-    for (int j = 0; j < p.level; ++j) {
-      if (p.T[j] == nullptr) continue;
-      const float* t = p.T[j] + static_cast<int64_t>(code_row[j]) * K;
-      for (int k = 0; k < K; ++k) corr[k] += t[k];
-    }
+    corrections(p, code_row, corr);
     // The score is non-decreasing in the dot product (inv_s >= 0, cterm >= 0, rounding is monotone), so
     // scores at g16 -/+ E bracket the exact one. The metric is a literal in each loop so both vectorize.
     const uint16_t* gl = gr + off;
