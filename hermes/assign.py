@@ -101,11 +101,14 @@ def _screen_tables(model: Model, t):
     import torch
 
     if "M16" not in t.extra:
-        M64 = t.M.astype(np.float64)
-        mnorm = np.sqrt((M64 * M64).sum(0)).astype(np.float32)
-        t.extra["M16"] = torch.from_numpy(t.M).to(torch.bfloat16)
+        up = lambda v: np.nextafter(v.astype(np.float32), np.float32(np.inf))  # noqa: E731  (round up)
+        M16 = torch.from_numpy(t.M).to(torch.bfloat16)
+        m16 = M16.double().numpy()
+        dM = t.M.astype(np.float64) - m16  # exact: the bf16 rounding remainder of every entry
+        t.extra["M16"] = M16
         t.extra["Mt"] = np.ascontiguousarray(t.M.T)
-        t.extra["mnorm"] = np.nextafter(mnorm, np.float32(np.inf))
+        t.extra["m16_norm"] = up(np.sqrt((m16 * m16).sum(0)))
+        t.extra["dm_norm"] = up(np.sqrt((dM * dM).sum(0)))
         t.extra["betas"] = [t.beta[t.offsets[l]:t.offsets[l + 1]] for l in range(model.L)]
     return t.extra
 
@@ -124,6 +127,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
     # Scratch reused across batches (fresh pages per batch cost page faults comparable to the epilogue).
     inv_buf = np.empty(B, dtype=np.float32)
     x16_buf = np.empty((B, model.d), dtype=np.int16) if screen else None
+    xn_buf, dxn_buf = (np.empty(B, dtype=np.float32), np.empty(B, dtype=np.float32)) if screen else (None, None)
     g16_buf = torch.empty((B, M.shape[1]), dtype=torch.bfloat16) if screen else None
     with _progress(N, progress, "assign_codes") as bar:
         for lo in range(0, N, batch_size):
@@ -134,7 +138,8 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                 inv_s = inv_buf[:hi - lo]
                 if screen:
                     x16 = x16_buf[:hi - lo]
-                    bad = _C.row_norms_bf16_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, x16, nt)
+                    xn, dxn = xn_buf[:hi - lo], dxn_buf[:hi - lo]
+                    bad = _C.row_norms_bf16_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, x16, xn, dxn, nt)
                 else:
                     bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
                 if bad >= 0:
@@ -142,8 +147,8 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                 if screen:
                     g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), st["M16"], out=g16_buf[:hi - lo])
                     rescored = _C.assign_screened_cpu(
-                        g16.view(torch.int16).numpy(), xb, st["Mt"], st["mnorm"], t.offsets[:-1], list(model.levels),
-                        metric, st["betas"], t.cterm, t.T, inv_s, cb, nt)
+                        g16.view(torch.int16).numpy(), xb, st["Mt"], st["m16_norm"], st["dm_norm"], t.offsets[:-1],
+                        list(model.levels), metric, st["betas"], t.cterm, t.T, inv_s, xn, dxn, cb, nt)
                     if precision == "auto" and rescored > _SCREEN_GIVE_UP * (hi - lo) * L:
                         screen = False  # scores too close for the bf16 screen on this data: fp32 from now on
                 else:

@@ -86,19 +86,23 @@ void bind_assign(py::module_& m) {
   m.def(
       "row_norms_bf16_cpu",
       [](const F32& x, const F32& wtb, float bb, bool normalize, F32& inv_s, py::array_t<int16_t, py::array::c_style>& x16,
-         int nthreads) {
+         F32& x16_norm, F32& dx_norm, int nthreads) {
         require_2d(x, "x");
         require(wtb.ndim() == 1 && wtb.shape(0) == x.shape(1), "wtb must be [d]");
         require(inv_s.ndim() == 1 && inv_s.shape(0) == x.shape(0), "inv_s must be [N]");
         require(x16.ndim() == 2 && x16.shape(0) == x.shape(0) && x16.shape(1) == x.shape(1), "x16 must be [N, d]");
+        require(x16_norm.ndim() == 1 && x16_norm.shape(0) == x.shape(0) && dx_norm.ndim() == 1 &&
+                    dx_norm.shape(0) == x.shape(0), "x16_norm and dx_norm must be [N]");
         float* out = inv_s.mutable_data();
         uint16_t* o16 = reinterpret_cast<uint16_t*>(x16.mutable_data());
+        float *xn = x16_norm.mutable_data(), *dn = dx_norm.mutable_data();
         py::gil_scoped_release nogil;
-        return hermes::cpu::row_norms_bf16(x.data(), x.shape(0), x.shape(1), wtb.data(), bb, normalize, out, o16,
-                                           nthreads);
+        return hermes::cpu::row_norms_bf16(x.data(), x.shape(0), x.shape(1), wtb.data(), bb, normalize, out, o16, xn,
+                                           dn, nthreads);
       },
       py::arg("x").noconvert(), py::arg("wtb").noconvert(), py::arg("bb"), py::arg("normalize"),
-      py::arg("inv_s").noconvert(), py::arg("x16").noconvert(), py::arg("nthreads"),
+      py::arg("inv_s").noconvert(), py::arg("x16").noconvert(), py::arg("x16_norm").noconvert(),
+      py::arg("dx_norm").noconvert(), py::arg("nthreads"),
       "row_norms_cpu, then x16 = bf16(x) (int16 view, round to nearest even); returns the first non-finite row or -1");
 
   m.def(
@@ -134,10 +138,10 @@ void bind_assign(py::module_& m) {
 
   m.def(
       "assign_screened_cpu",
-      [](const py::array_t<int16_t, py::array::c_style>& g16, const F32& x, const F32& mt, const F32& mnorm,
-         const std::vector<int64_t>& offsets, const std::vector<int>& Ks, int metric, const std::vector<F32>& betas,
-         const std::vector<F32>& cterms, const std::vector<std::vector<F32>>& Ts, const F32& inv_s, I32& codes,
-         int nthreads) {
+      [](const py::array_t<int16_t, py::array::c_style>& g16, const F32& x, const F32& mt, const F32& m16_norm,
+         const F32& dm_norm, const std::vector<int64_t>& offsets, const std::vector<int>& Ks, int metric,
+         const std::vector<F32>& betas, const std::vector<F32>& cterms, const std::vector<std::vector<F32>>& Ts,
+         const F32& inv_s, const F32& x16_norm, const F32& dx_norm, I32& codes, int nthreads) {
         require_2d(x, "x");
         require_2d(g16, "g16");
         require_2d(mt, "mt");
@@ -148,8 +152,11 @@ void bind_assign(py::module_& m) {
                     Ts.size() == Ks.size(), "one offset, K, beta, cterm and T list per level");
         const int64_t n = x.shape(0), d = x.shape(1), cols = mt.shape(0);
         require(g16.shape(0) == n && g16.shape(1) == cols, "g16 must be [N, sum K]");
-        require(mt.shape(1) == d && mnorm.ndim() == 1 && mnorm.shape(0) == cols, "mt must be [sum K, d], mnorm [sum K]");
-        require(inv_s.ndim() == 1 && inv_s.shape(0) == n && codes.shape(0) == n, "inv_s must be [N]");
+        require(mt.shape(1) == d && m16_norm.ndim() == 1 && m16_norm.shape(0) == cols && dm_norm.ndim() == 1 &&
+                    dm_norm.shape(0) == cols, "mt must be [sum K, d], m16_norm and dm_norm [sum K]");
+        require(inv_s.ndim() == 1 && inv_s.shape(0) == n && codes.shape(0) == n && x16_norm.ndim() == 1 &&
+                    x16_norm.shape(0) == n && dx_norm.ndim() == 1 && dx_norm.shape(0) == n,
+                "inv_s, x16_norm and dx_norm must be [N]");
         std::vector<hermes::cpu::ScreenLevel> levels;
         for (int l = 0; l < L; ++l) {
           require(offsets[l] >= 0 && offsets[l] + Ks[l] <= cols, "level columns out of range");
@@ -160,12 +167,15 @@ void bind_assign(py::module_& m) {
         int32_t* c = codes.mutable_data();
         const uint16_t* g = reinterpret_cast<const uint16_t*>(g16.data());
         py::gil_scoped_release nogil;
-        return hermes::cpu::assign_screened(g, g16.shape(1), x.data(), n, d, mt.data(), mnorm.data(), levels.data(), L,
-                                            inv_s.data(), c, nthreads);
+        return hermes::cpu::assign_screened(g, g16.shape(1), x.data(), n, d, mt.data(), m16_norm.data(),
+                                            dm_norm.data(), levels.data(), L, inv_s.data(), x16_norm.data(),
+                                            dx_norm.data(), c, nthreads);
       },
-      py::arg("g16").noconvert(), py::arg("x").noconvert(), py::arg("mt").noconvert(), py::arg("mnorm").noconvert(),
-      py::arg("offsets"), py::arg("Ks"), py::arg("metric"), py::arg("betas"), py::arg("cterms"), py::arg("Ts"),
-      py::arg("inv_s").noconvert(), py::arg("codes").noconvert(), py::arg("nthreads"),
+      py::arg("g16").noconvert(), py::arg("x").noconvert(), py::arg("mt").noconvert(),
+      py::arg("m16_norm").noconvert(), py::arg("dm_norm").noconvert(), py::arg("offsets"), py::arg("Ks"),
+      py::arg("metric"), py::arg("betas"), py::arg("cterms"), py::arg("Ts"), py::arg("inv_s").noconvert(),
+      py::arg("x16_norm").noconvert(), py::arg("dx_norm").noconvert(), py::arg("codes").noconvert(),
+      py::arg("nthreads"),
       "All levels of the folded search screened by a bf16 GEMM g16 [N, sum K] (int16 view of bf16) with exact fp32 "
       "rescoring of the candidates; returns the number of rescored codewords");
 

@@ -116,6 +116,27 @@ void to_bf16(const float* v, int64_t n, uint16_t* out) {
   }
 }
 
+// ||x16|| and ||x - x16|| of one row (x - x16 is exact in fp32), for the screen's error bound.
+HERMES_CPU_CLONES
+void bf16_norms(const float* x, const uint16_t* x16, int64_t d, float* x16_norm, float* dx_norm) {
+  float a[16] = {0}, b[16] = {0};
+  for (int64_t i = 0; i < d; ++i) {
+    const uint32_t u = static_cast<uint32_t>(x16[i]) << 16;
+    float t;
+    std::memcpy(&t, &u, sizeof t);
+    const float e = x[i] - t;
+    a[i % 16] = core::mul_add(t, t, a[i % 16]);
+    b[i % 16] = core::mul_add(e, e, b[i % 16]);
+  }
+  float sa = 0.0f, sb = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    sa += a[j];
+    sb += b[j];
+  }
+  *x16_norm = std::sqrt(sa);
+  *dx_norm = std::sqrt(sb);
+}
+
 // bf16 bits -> float: the bits are the high half of the float's.
 HERMES_CPU_CLONES
 void bf16_row_to_float(const uint16_t* h, int n, float* out) {
@@ -127,14 +148,15 @@ void bf16_row_to_float(const uint16_t* h, int n, float* out) {
 
 // One row, all levels, screened. corr, hi and lo are scratch of size max K; beta is never null here.
 HERMES_CPU_CLONES
-int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float* mt, const float* mnorm,
-                     const ScreenLevel* levels, int L, float inv_s, int32_t* code_row, float* corr, float* hi,
-                     float* lo) {
-  // |g16 - x.M_k| <= 2^-8 |g16| (bf16 output) + (2^-7 + 2^-15 + d 2^-24) ||x|| ||M_k|| (bf16 inputs, fp32
-  // accumulation); both inflated by 1% so the rounding of the bound arithmetic itself stays covered.
+int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float* mt, const float* m16_norm,
+                     const float* dm_norm, const ScreenLevel* levels, int L, float inv_s, float x16_norm,
+                     float dx_norm, int32_t* code_row, float* corr, float* hi, float* lo) {
+  // With x = x16 + dx and M = M16 + dM (bf16 parts and exact fp32 remainders), the bf16 products are exact in
+  // fp32, so |g16 - x.M_k| <= 2^-8 |g16| (bf16 output) + ||x16|| ||dM_k|| + ||dx|| ||M16_k|| + ||dx|| ||dM_k||
+  // + d 2^-24 ||x16|| ||M16_k|| (fp32 accumulation). Inflated by 1% so the bound's own rounding stays covered.
   const float c_out = 1.01f * 0x1p-8f;
-  const float c_in = 1.01f * (0x1p-7f + 0x1p-15f + static_cast<float>(d) * 0x1p-24f);
-  const float xnorm = 1.01f * std::sqrt(dot_fast(xr, xr, d));
+  const float a = 1.01f * (x16_norm + dx_norm);
+  const float b = 1.01f * (dx_norm + static_cast<float>(d) * 0x1p-24f * x16_norm);
   int64_t rescored = 0;
   for (int l = 0; l < L; ++l) {
     const core::LevelParams& p = levels[l].p;
@@ -144,18 +166,18 @@ int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float
     // The score is non-decreasing in the dot product (inv_s >= 0, cterm >= 0, rounding is monotone), so
     // scores at g16 -/+ E bracket the exact one. The metric is a literal in each loop so both vectorize.
     const uint16_t* gl = gr + off;
-    const float* mn = mnorm + off;
-    const float cx = c_in * xnorm;
+    const float* mn = m16_norm + off;
+    const float* dn = dm_norm + off;
     bf16_row_to_float(gl, K, hi);  // hi holds the bf16 scores as floats until it is overwritten below
     if (p.metric == core::kL2) {
       for (int k = 0; k < K; ++k) {
-        const float g = hi[k], e = c_out * std::fabs(g) + cx * mn[k];
+        const float g = hi[k], e = c_out * std::fabs(g) + a * dn[k] + b * mn[k];
         lo[k] = core::score_from_parts(g - e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kL2);
         hi[k] = core::score_from_parts(g + e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kL2);
       }
     } else {
       for (int k = 0; k < K; ++k) {
-        const float g = hi[k], e = c_out * std::fabs(g) + cx * mn[k];
+        const float g = hi[k], e = c_out * std::fabs(g) + a * dn[k] + b * mn[k];
         lo[k] = core::score_from_parts(g - e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kCos);
         hi[k] = core::score_from_parts(g + e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kCos);
       }
@@ -197,11 +219,24 @@ int64_t row_norms(const float* x, int64_t n, int64_t d, int64_t ldx, const float
 }
 
 int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, float bb, bool normalize,
-                       float* inv_s, uint16_t* x16, int nthreads) {
-  int64_t bad = row_norms(x, n, d, d, wtb, bb, normalize, inv_s, nthreads);
-  if (bad >= 0) return bad;
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) { to_bf16(x + lo * d, (hi - lo) * d, x16 + lo * d); });
-  return -1;
+                       float* inv_s, uint16_t* x16, float* x16_norm, float* dx_norm, int nthreads) {
+  // One pass: each row is converted while it is still in cache from its norm.
+  std::atomic<int64_t> first_bad{-1};
+  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      float xx[core::kWarp] = {0}, wx[core::kWarp] = {0};
+      lane_partials(x + r * d, wtb, d, xx, wx);
+      float sx = core::butterfly_sum32(xx), sw = core::butterfly_sum32(wx);
+      inv_s[r] = core::inv_norm(sx, sw, bb, normalize);
+      if (std::isnan(inv_s[r])) {
+        record_bad(first_bad, r);
+        continue;
+      }
+      to_bf16(x + r * d, d, x16 + r * d);
+      bf16_norms(x + r * d, x16 + r * d, d, x16_norm + r, dx_norm + r);
+    }
+  });
+  return first_bad.load();
 }
 
 int64_t normalize_rows(float* h, int64_t n, int64_t d, int64_t ldh, bool normalize, int nthreads) {
@@ -236,7 +271,8 @@ void argmin_level(const float* g, int64_t ldg, const core::LevelParams& p, const
 }
 
 int64_t assign_screened(const uint16_t* g16, int64_t ldg, const float* x, int64_t n, int64_t d, const float* mt,
-                        const float* mnorm, const ScreenLevel* levels, int L, const float* inv_s, int32_t* codes,
+                        const float* m16_norm, const float* dm_norm, const ScreenLevel* levels, int L,
+                        const float* inv_s, const float* x16_norm, const float* dx_norm, int32_t* codes,
                         int nthreads) {
   int maxK = 1;
   for (int l = 0; l < L; ++l) maxK = std::max(maxK, levels[l].p.K);
@@ -245,8 +281,8 @@ int64_t assign_screened(const uint16_t* g16, int64_t ldg, const float* x, int64_
     std::vector<float> corr(static_cast<size_t>(maxK)), hib(static_cast<size_t>(maxK)), lob(static_cast<size_t>(maxK));
     int64_t local = 0;
     for (int64_t r = lo; r < hi; ++r)
-      local += screened_row(g16 + r * ldg, x + r * d, d, mt, mnorm, levels, L, inv_s[r], codes + r * L, corr.data(),
-                            hib.data(), lob.data());
+      local += screened_row(g16 + r * ldg, x + r * d, d, mt, m16_norm, dm_norm, levels, L, inv_s[r], x16_norm[r],
+                            dx_norm[r], codes + r * L, corr.data(), hib.data(), lob.data());
     total += local;
   });
   return total.load();

@@ -17,9 +17,10 @@ int64_t row_norms(const float* x,    // [N, d], row stride ldx
                   float* inv_s,      // [N] out
                   int nthreads);
 
-// row_norms for a contiguous x, then x16 = bf16(x) (round to nearest even) for the screening GEMM.
+// row_norms for a contiguous x, then x16 = bf16(x) (round to nearest even) for the screening GEMM, with
+// ||x16|| and ||x - x16|| per row for its error bound.
 int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, float bb, bool normalize,
-                       float* inv_s, uint16_t* x16, int nthreads);
+                       float* inv_s, uint16_t* x16, float* x16_norm, float* dx_norm, int nthreads);
 
 // Scales each row of h to unit norm (when normalize) in the normalize kernel's lane order.
 // Returns the first row with a non-finite entry, or -1.
@@ -56,11 +57,14 @@ int64_t assign_screened(const uint16_t* g16,  // [N, sum K] bf16 bits, row strid
                         int64_t ldg,
                         const float* x,       // [N, d] fp32 rows
                         int64_t n, int64_t d,
-                        const float* mt,      // [sum K, d]: M^T
-                        const float* mnorm,   // [sum K]: ||M[:, k]||, rounded up
+                        const float* mt,        // [sum K, d]: M^T
+                        const float* m16_norm,  // [sum K]: ||bf16(M)[:, k]||, rounded up
+                        const float* dm_norm,   // [sum K]: ||M[:, k] - bf16(M)[:, k]||, rounded up
                         const ScreenLevel* levels, int L,
-                        const float* inv_s,   // [N]
-                        int32_t* codes,       // [N, L]
+                        const float* inv_s,     // [N]
+                        const float* x16_norm,  // [N]: ||bf16(x)||
+                        const float* dx_norm,   // [N]: ||x - bf16(x)||
+                        int32_t* codes,         // [N, L]
                         int nthreads);
 
 // Kernel-order reference executors: the dot products in the kernel's k order (one fmaf per k),
