@@ -5,6 +5,8 @@ numpy in gives numpy out; a torch tensor in gives a torch tensor out on the same
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _backend
@@ -69,31 +71,34 @@ def _raise_bad_row(fn: str, row: int):
 # ------------------------------------------------------------------------------------------ CPU
 PRECISIONS = ("auto", "fp32", "bf16")
 _SCREEN_GIVE_UP = 32  # rescored codewords per row and level above which the fp32 GEMM is cheaper
-_bf16_ok = None
+_bf16_probe = None
 
 
+def _bf16_gemm_accumulates_fp32() -> bool:
+    """Probes torch's CPU bf16 GEMM once for the error bound the screen relies on (fp32 accumulation)."""
+    global _bf16_probe
+    if _bf16_probe is None:
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(64, 1024, generator=g), torch.randn(1024, 64, generator=g)
+        exact = a.double() @ b.double()
+        approx = (a.bfloat16() @ b.bfloat16()).double()
+        bound = 2.0 ** -8 * approx.abs() + (2.0 ** -7 + 2.0 ** -15 + 1024 * 2.0 ** -24) * (
+            a.double().abs() @ b.double().abs())
+        _bf16_probe = bool(((approx - exact).abs() <= bound).all())
+    return _bf16_probe
+
+
+@functools.lru_cache(maxsize=None)
 def _cpu_has_fast_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch's bf16 GEMM passes a probe
-    of the error bound the screen relies on (fp32 accumulation). Cached for the process."""
-    global _bf16_ok
-    if _bf16_ok is None:
-        _bf16_ok = False
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = next((line for line in f if line.startswith("flags")), "").split()
-        except OSError:
-            flags = []
-        if "avx512_bf16" in flags or "amx_bf16" in flags:
-            import torch
-
-            g = torch.Generator().manual_seed(0)
-            a, b = torch.randn(64, 1024, generator=g), torch.randn(1024, 64, generator=g)
-            exact = a.double() @ b.double()
-            approx = (a.bfloat16() @ b.bfloat16()).double()
-            bound = 2.0 ** -8 * approx.abs() + (2.0 ** -7 + 2.0 ** -15 + 1024 * 2.0 ** -24) * (
-                a.double().abs() @ b.double().abs())
-            _bf16_ok = bool(((approx - exact).abs() <= bound).all())
-    return _bf16_ok
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch's bf16 GEMM passes the probe."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        flags = []
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and _bf16_gemm_accumulates_fp32()
 
 
 def _screen_tables(model: Model, t):
@@ -117,6 +122,9 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
     import torch
 
     t = model._host_tables()
+    if precision == "bf16" and not _bf16_gemm_accumulates_fp32():
+        raise RuntimeError(f"{fn}: precision='bf16' needs torch's CPU bf16 GEMM to accumulate in fp32, and a probe "
+                           "says this torch/CPU does not; use precision='fp32' or 'auto'")
     screen = t.folded and (precision == "bf16" or (precision == "auto" and _cpu_has_fast_bf16()))
     st = _screen_tables(model, t) if screen else None
     get, N = _cpu_source(fn, x)
