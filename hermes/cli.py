@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import click
 import numpy as np
 
 from ._version import __version__
-from .label import _publish_mode
+from ._io import atomic_path as _atomic_path
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 
@@ -58,19 +57,6 @@ def main():
 
 
 # -------------------------------------------------------------------------------------- helpers
-def _atomic_path(path: Path, write) -> None:
-    """Calls write(tmp_path) on a temporary file next to ``path``, then renames it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        _publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _parse_levels(ctx, param, value):

@@ -37,6 +37,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ._io import atomic_path, fsync_path, publish_mode
 from .model import Model, load
 
 __all__ = ["label", "read_labels", "Labels", "read_embeddings", "open_shard", "label_columns", "LabelReport",
@@ -344,34 +345,8 @@ def model_fingerprint(model: Model) -> str:
     return h.hexdigest()[:16]
 
 
-def _publish_mode(path) -> None:
-    """Gives a mkstemp file (0600) the mode a plain open() would have (0666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
-def _fsync(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_path(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _read_meta(path: Path) -> tuple[dict | None, int]:
@@ -636,8 +611,8 @@ def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size:
             raise ValueError(f"{fn}: {s.path} yielded {rows} rows, expected {s.n} (truncated?)")
         writer.close()
         writer = None
-        _fsync(tmp)
-        _publish_mode(tmp)
+        fsync_path(tmp)
+        publish_mode(tmp)
         os.replace(tmp, out)
     except BaseException:
         if writer is not None:

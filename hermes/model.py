@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_path
 from ._validate import check_finite_array, describe, is_torch
 
 FORMAT = "hermes-model"
@@ -190,19 +189,7 @@ class Model:
             "levels": json.dumps(list(self.levels)), "metric": self.metric,
             "normalize": json.dumps(self.normalize), "ortho_tol": repr(self.ortho_tol),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_path(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def load(path) -> Model:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_path
 from ._validate import check_matrix, describe, is_torch
 from .model import MAX_CODEWORDS, MAX_LEVELS, METRICS, Model
 
@@ -469,15 +468,7 @@ class _Checkpoint:
         self.dir.mkdir(parents=True, exist_ok=True)
         blob = {"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
                 "config": json.dumps(self.config, sort_keys=True), **state}
-        fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT_NAME}.", suffix=".tmp", dir=self.dir)
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_path(self.path, lambda tmp: torch.save(blob, tmp))
 
     def load(self):
         torch = _torch()
