@@ -48,6 +48,16 @@ def _cpu_source(fn: str, x):
             x = x.numpy()
         else:  # bfloat16 has no numpy dtype: convert per batch in torch
             return (lambda lo, hi: x[lo:hi].float().contiguous().numpy()), x.shape[0]
+    if x.dtype == np.float16:  # the C++ conversion is several times faster than numpy's
+        nt = _nthreads()
+
+        def get16(lo, hi):
+            chunk = np.ascontiguousarray(x[lo:hi])
+            out = np.empty(chunk.shape, dtype=np.float32)
+            _C.f16_to_f32_cpu(chunk.view(np.int16), out, nt)
+            return out
+
+        return get16, x.shape[0]
     return (lambda lo, hi: np.ascontiguousarray(x[lo:hi], dtype=np.float32)), x.shape[0]
 
 

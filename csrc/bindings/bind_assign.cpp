@@ -106,6 +106,18 @@ void bind_assign(py::module_& m) {
       "row_norms_cpu, then x16 = bf16(x) (int16 view, round to nearest even); returns the first non-finite row or -1");
 
   m.def(
+      "f16_to_f32_cpu",
+      [](const py::array_t<int16_t, py::array::c_style>& in, F32& out, int nthreads) {
+        require(in.size() == out.size(), "out must have as many elements as in");
+        float* o = out.mutable_data();
+        const uint16_t* i = reinterpret_cast<const uint16_t*>(in.data());
+        py::gil_scoped_release nogil;
+        hermes::cpu::f16_to_f32(i, in.size(), o, nthreads);
+      },
+      py::arg("in").noconvert(), py::arg("out").noconvert(), py::arg("nthreads"),
+      "out[...] = float(in) for float16 data viewed as int16 (exact)");
+
+  m.def(
       "normalize_rows_cpu",
       [](F32& h, bool normalize, int nthreads) {
         require_2d(h, "h");

@@ -239,6 +239,19 @@ int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, f
   return first_bad.load();
 }
 
+namespace {
+// IEEE half -> float, vectorized by the x86-64-v3/v4 clones (F16C / AVX-512 conversions).
+HERMES_CPU_CLONES
+void half_to_float(const _Float16* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+}  // namespace
+
+void f16_to_f32(const uint16_t* in, int64_t n, float* out, int nthreads) {
+  const _Float16* h = reinterpret_cast<const _Float16*>(in);
+  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) { half_to_float(h + lo, hi - lo, out + lo); });
+}
+
 int64_t normalize_rows(float* h, int64_t n, int64_t d, int64_t ldh, bool normalize, int nthreads) {
   std::atomic<int64_t> first_bad{-1};
   parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {

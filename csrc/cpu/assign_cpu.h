@@ -22,6 +22,9 @@ int64_t row_norms(const float* x,    // [N, d], row stride ldx
 int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, float bb, bool normalize,
                        float* inv_s, uint16_t* x16, float* x16_norm, float* dx_norm, int nthreads);
 
+// out = float(in) for IEEE half bits (exact), threaded.
+void f16_to_f32(const uint16_t* in, int64_t n, float* out, int nthreads);
+
 // Scales each row of h to unit norm (when normalize) in the normalize kernel's lane order.
 // Returns the first row with a non-finite entry, or -1.
 int64_t normalize_rows(float* h,  // [N, d], row stride ldh, in place
