@@ -255,10 +255,8 @@ def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool):
             h = torch.empty((min(N, bs), d), dtype=torch.float32, device=x.device)
             for lo in range(0, N, bs):
                 n = min(N, lo + bs) - lo
-                xp = x.data_ptr() + lo * ldx * x.element_size()
                 cp = codes.data_ptr() + lo * L * 4
-                _C.affine_cuda(xp, dt, n, d, ldx, t.wt.data_ptr(), t.bias.data_ptr(), h.data_ptr(), stream)
-                _C.normalize_rows_cuda(h.data_ptr(), n, d, d, model.normalize, inv_s.data_ptr() + 4 * lo, stream)
+                _rotate_cuda(x[lo:lo + n], dt, n, ldx, model, t, stream, h, inv_s[lo:lo + n])
                 for l, K in enumerate(model.levels):
                     o = t.offsets[l]
                     _C.gemm_argmin_cuda(h.data_ptr(), 0, n, d, d, t.Ct.data_ptr() + 4 * o, t.Ct.stride(0), K, l, L,

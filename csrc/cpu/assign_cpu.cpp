@@ -201,6 +201,13 @@ void record_bad(std::atomic<int64_t>& first_bad, int64_t row) {
   }
 }
 
+// 1/||W x + b|| of one row in the row_norms kernel's lane order (NaN for a non-finite row).
+float row_inv_norm(const float* xr, const float* wtb, int64_t d, float bb, bool normalize) {
+  float xx[core::kWarp] = {0}, wx[core::kWarp] = {0};
+  lane_partials(xr, wtb, d, xx, wx);
+  return core::inv_norm(core::butterfly_sum32(xx), core::butterfly_sum32(wx), bb, normalize);
+}
+
 }  // namespace
 
 int64_t row_norms(const float* x, int64_t n, int64_t d, int64_t ldx, const float* wtb, float bb,
@@ -208,10 +215,7 @@ int64_t row_norms(const float* x, int64_t n, int64_t d, int64_t ldx, const float
   std::atomic<int64_t> first_bad{-1};
   parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      float xx[core::kWarp] = {0}, wx[core::kWarp] = {0};
-      lane_partials(x + r * ldx, wtb, d, xx, wx);
-      float sx = core::butterfly_sum32(xx), sw = core::butterfly_sum32(wx);
-      inv_s[r] = core::inv_norm(sx, sw, bb, normalize);
+      inv_s[r] = row_inv_norm(x + r * ldx, wtb, d, bb, normalize);
       if (std::isnan(inv_s[r])) record_bad(first_bad, r);
     }
   });
@@ -224,10 +228,7 @@ int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, f
   std::atomic<int64_t> first_bad{-1};
   parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      float xx[core::kWarp] = {0}, wx[core::kWarp] = {0};
-      lane_partials(x + r * d, wtb, d, xx, wx);
-      float sx = core::butterfly_sum32(xx), sw = core::butterfly_sum32(wx);
-      inv_s[r] = core::inv_norm(sx, sw, bb, normalize);
+      inv_s[r] = row_inv_norm(x + r * d, wtb, d, bb, normalize);
       if (std::isnan(inv_s[r])) {
         record_bad(first_bad, r);
         continue;
