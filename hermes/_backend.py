@@ -39,7 +39,9 @@ def build_info() -> dict:
     ``["75-real", ..., "90-virtual"]``), ``cuda_version`` (nvcc version built against), ``cuda_runtime``
     (statically linked runtime version), ``cuda_available`` (usable now), ``cuda_unavailable_reason``,
     ``compiler``, ``openmp`` (the extension was compiled with OpenMP), ``blas`` (the BLAS behind the CPU GEMM,
-    which is torch's), ``cpu_threads`` (how the CPU executor parallelizes), ``pybind11``.
+    which is torch's), ``cpu_threads`` (how the CPU executor parallelizes), ``cpu_screen_simd`` (``"avx512"``
+    when the bf16 screen's candidate selection and rescoring use AVX-512 on this CPU, else ``"generic"``;
+    ``HERMES_CPU_ISA=generic`` in the environment forces the portable code), ``pybind11``.
     """
     info = dict(_C.build_info())
     archs = info.get("cuda_architectures", "")

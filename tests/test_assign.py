@@ -301,6 +301,59 @@ def test_bf16_screen_is_an_exact_fp32_search(metric, d, Ks):
     assert (screened != fp32).any(axis=1).mean() <= 0.01
 
 
+def test_bf16_screen_generic_and_avx512_paths_agree(tmp_path):
+    # The screen's candidate selection and rescoring have AVX-512 and portable versions; HERMES_CPU_ISA=generic
+    # forces the portable one in a child process. Both are exact fp32 searches, so codes agree up to fp32
+    # near-ties (the rescoring sums in different orders).
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    model = make_model(384, (256, 64, 32), "l2", "orthogonal")
+    x = unit_rows(3000, 384, seed=5)
+    model.save(tmp_path / "m.hermes")
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, numpy as np, hermes; m = hermes.load(sys.argv[1]); x = np.load(sys.argv[2]); "
+              "assert hermes.build_info()['cpu_screen_simd'] == 'generic'; "
+              "np.save(sys.argv[3], hermes.assign_codes(x, m, precision='bf16'))")
+    env = child_env()
+    env["HERMES_CPU_ISA"] = "generic"
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.hermes"), str(tmp_path / "x.npy"),
+                    str(tmp_path / "c.npy")], env=env, check=True, cwd=tmp_path)
+    generic = np.load(tmp_path / "c.npy")
+    here = hermes.assign_codes(x, model, precision="bf16")
+    check_codes(x, model, generic)
+    check_codes(x, model, here)
+    assert (generic != here).any(axis=1).mean() <= 0.002
+
+
+def test_row_norms_bf16_matches_row_norms_and_torch_rounding():
+    # The screen's fused first pass: inv_s bit-equal to the row_norms kernel order, x16 equal to torch's
+    # round-to-nearest-even bf16, and the two norms the error bound uses.
+    import torch
+
+    from hermes._backend import _C
+
+    rng = np.random.default_rng(11)
+    for d in (1, 31, 32, 33, 384, 1000):
+        x = (rng.standard_normal((67, d)) * rng.uniform(0.01, 100, (67, 1))).astype(np.float32)
+        wtb = rng.standard_normal(d).astype(np.float32)
+        inv_ref = np.empty(67, np.float32)
+        assert _C.row_norms_cpu(x, wtb, 0.25, True, inv_ref, 2) == -1
+        inv, x16 = np.empty(67, np.float32), np.empty((67, d), np.int16)
+        xn, dxn = np.empty(67, np.float32), np.empty(67, np.float32)
+        assert _C.row_norms_bf16_cpu(x, wtb, 0.25, True, inv, x16, xn, dxn, 2) == -1
+        np.testing.assert_array_equal(inv, inv_ref)
+        t16 = torch.from_numpy(x).bfloat16()
+        np.testing.assert_array_equal(x16, t16.view(torch.int16).numpy())
+        f16 = t16.double().numpy()
+        np.testing.assert_allclose(xn, np.linalg.norm(f16, axis=1), rtol=1e-5)
+        np.testing.assert_allclose(dxn, np.linalg.norm(x.astype(np.float64) - f16, axis=1), rtol=1e-4)
+    x[5, 3] = np.nan
+    assert _C.row_norms_bf16_cpu(x, wtb, 0.25, True, inv, x16, xn, dxn, 2) == 5
+
+
 def test_bf16_screen_degenerate_scores(real_embeddings):
     # Duplicate and zero codewords, documents equal to codewords (zero residuals): many exact ties.
     x = real_embeddings[:3000].astype(np.float32)

@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "cpu/assign_cpu.h"
 #include "cuda/assign_cuda.h"
 
 namespace py = pybind11;
@@ -34,6 +35,7 @@ void bind_info(py::module_& m) {
     d["openmp"] = false;  // the CPU executor threads with std::thread; torch's GEMM may use OpenMP inside
 #endif
     d["cpu_threads"] = std::string("std::thread over rows, torch.get_num_threads() of them");
+    d["cpu_screen_simd"] = std::string(hermes::cpu::use_avx512() ? "avx512" : "generic");
     d["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) + "." +
                     std::to_string(PYBIND11_VERSION_PATCH);
     return d;

@@ -3,9 +3,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HERMES_AVX512_PATHS 1
+#endif
 
 namespace hermes {
 namespace cpu {
@@ -106,51 +112,194 @@ float max_of(const float* v, int n) {
   return r;
 }
 
-// Round to nearest even, as torch does; |bf16(v) - v| <= 2^-8 |v| for the finite values passed here.
+// The screened path's first pass over one row, in one sweep: the lane partials of ||x||^2 and x.wtb in the
+// row_norms kernel's order (as lane_partials), the bf16 rounding of x (round to nearest even, as torch
+// does), and the norms ||x16|| and ||x - x16|| (exact in fp32) for the screen's error bound. Local lane
+// arrays and restrict pointers so the whole sweep vectorizes.
 HERMES_CPU_CLONES
-void to_bf16(const float* v, int64_t n, uint16_t* out) {
-  for (int64_t i = 0; i < n; ++i) {
+void norms_bf16_row(const float* __restrict xr, const float* __restrict wr, int64_t d, uint16_t* __restrict out,
+                    float* __restrict xx_out, float* __restrict wx_out, float* __restrict x16_norm,
+                    float* __restrict dx_norm) {
+  float xx[core::kWarp] = {0}, wx[core::kWarp] = {0}, a[core::kWarp] = {0}, b[core::kWarp] = {0};
+  auto step = [&](int64_t i, int lane) {
+    const float v = xr[i];
+    core::norm_step(v, wr[i], xx[lane], wx[lane]);
     uint32_t u;
-    std::memcpy(&u, v + i, sizeof u);
-    out[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  }
-}
-
-// ||x16|| and ||x - x16|| of one row (x - x16 is exact in fp32), for the screen's error bound.
-HERMES_CPU_CLONES
-void bf16_norms(const float* x, const uint16_t* x16, int64_t d, float* x16_norm, float* dx_norm) {
-  float a[16] = {0}, b[16] = {0};
-  for (int64_t i = 0; i < d; ++i) {
-    const uint32_t u = static_cast<uint32_t>(x16[i]) << 16;
+    std::memcpy(&u, &v, sizeof u);
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    out[i] = static_cast<uint16_t>(r >> 16);
     float t;
-    std::memcpy(&t, &u, sizeof t);
-    const float e = x[i] - t;
-    a[i % 16] = core::mul_add(t, t, a[i % 16]);
-    b[i % 16] = core::mul_add(e, e, b[i % 16]);
-  }
+    std::memcpy(&t, &r, sizeof t);
+    const float e = v - t;
+    a[lane] = core::mul_add(t, t, a[lane]);
+    b[lane] = core::mul_add(e, e, b[lane]);
+  };
+  int64_t i0 = 0;
+  for (; i0 + core::kWarp <= d; i0 += core::kWarp)
+    for (int lane = 0; lane < core::kWarp; ++lane) step(i0 + lane, lane);
+  for (int lane = 0; i0 + lane < d; ++lane) step(i0 + lane, lane);
   float sa = 0.0f, sb = 0.0f;
-  for (int j = 0; j < 16; ++j) {
+  for (int j = 0; j < core::kWarp; ++j) {
     sa += a[j];
     sb += b[j];
+    xx_out[j] = xx[j];
+    wx_out[j] = wx[j];
   }
   *x16_norm = std::sqrt(sa);
   *dx_norm = std::sqrt(sb);
 }
 
-// bf16 bits -> float: the bits are the high half of the float's.
-HERMES_CPU_CLONES
-void bf16_row_to_float(const uint16_t* h, int n, float* out) {
-  for (int k = 0; k < n; ++k) {
-    const uint32_t u = static_cast<uint32_t>(h[k]) << 16;
-    std::memcpy(out + k, &u, sizeof u);
+// The bracketing scores of one level: lo[k] <= exact score of codeword k <= hi[k], from the bf16 scores g16,
+// the error-bound coefficients and the level's tables. Separate restrict-qualified arrays so the loop
+// vectorizes (with eight pointers in one loop the compiler gives up on its runtime alias checks).
+template <int kMetric>
+HERMES_CPU_CLONES void bracket_scores(const uint16_t* __restrict g16, int K, const float* __restrict mn,
+                                      const float* __restrict dn, const float* __restrict beta,
+                                      const float* __restrict corr, const float* __restrict cterm, float c_out,
+                                      float a, float b, float inv_s, float* __restrict lo, float* __restrict hi) {
+  for (int k = 0; k < K; ++k) {
+    const uint32_t u = static_cast<uint32_t>(g16[k]) << 16;  // bf16 bits are the float's high half
+    float g;
+    std::memcpy(&g, &u, sizeof g);
+    const float e = c_out * std::fabs(g) + a * dn[k] + b * mn[k];
+    lo[k] = core::score_from_parts(g - e, beta[k], inv_s, corr[k], cterm[k], kMetric);
+    hi[k] = core::score_from_parts(g + e, beta[k], inv_s, corr[k], cterm[k], kMetric);
   }
+}
+
+// The screen's candidate search and exact rescoring, with AVX-512 versions (mask compress-store; four
+// candidates' dot products per sweep over x, so four memory streams are in flight) picked at run time.
+// cand gets every k with hi[k] >= best_lo, in increasing k; returns how many. cand has room for K + 16
+// (the vector path stores whole compressed vectors: compress-to-memory is microcoded and slow on AMD Zen 4).
+int select_candidates_generic(const float* __restrict hi, int K, float best_lo, int32_t* __restrict cand) {
+  int n = 0;
+  for (int k = 0; k < K; ++k) {
+    cand[n] = k;
+    n += hi[k] >= best_lo ? 1 : 0;
+  }
+  return n;
+}
+
+// g[i] = x . rows[cand[i]] in fp32 (any fp32 summation order is within the screen's error bound).
+void rescore_generic(const float* x, const float* rows, int64_t d, const int32_t* cand, int n, float* g) {
+  for (int i = 0; i < n; ++i) g[i] = dot_fast(x, rows + cand[i] * d, d);
+}
+
+#ifdef HERMES_AVX512_PATHS
+// Horizontal sum through memory (GCC 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its header).
+__attribute__((target("avx512f"))) float hsum16(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  for (int o = 8; o > 0; o >>= 1)
+    for (int i = 0; i < o; ++i) t[i] += t[i + o];
+  return t[0];
+}
+
+__attribute__((target("avx512f"))) int select_candidates_avx512(const float* __restrict hi, int K, float best_lo,
+                                                                 int32_t* __restrict cand) {
+  const __m512 lo = _mm512_set1_ps(best_lo);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  int n = 0, k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(hi + k), lo, _CMP_GE_OQ);
+    _mm512_storeu_si512(cand + n, _mm512_maskz_compress_epi32(m, idx));
+    n += __builtin_popcount(m);
+    idx = _mm512_add_epi32(idx, step);
+  }
+  if (k < K) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (K - k)) - 1u);
+    const __mmask16 m = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, hi + k), lo, _CMP_GE_OQ);
+    _mm512_storeu_si512(cand + n, _mm512_maskz_compress_epi32(m, idx));
+    n += __builtin_popcount(m);
+  }
+  return n;
+}
+
+__attribute__((target("avx512f"))) void rescore_avx512(const float* x, const float* rows, int64_t d,
+                                                        const int32_t* cand, int n, float* g) {
+  const int64_t dv = d & ~int64_t{15};
+  const __mmask16 tail = static_cast<__mmask16>((1u << (d - dv)) - 1u);
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float* r0 = rows + cand[i] * d;
+    const float* r1 = rows + cand[i + 1] * d;
+    const float* r2 = rows + cand[i + 2] * d;
+    const float* r3 = rows + cand[i + 3] * d;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < dv; j += 16) {
+      const __m512 xv = _mm512_loadu_ps(x + j);
+      a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r0 + j), a0);
+      a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r1 + j), a1);
+      a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r2 + j), a2);
+      a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r3 + j), a3);
+    }
+    if (dv < d) {
+      const __m512 xv = _mm512_maskz_loadu_ps(tail, x + dv);
+      a0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r0 + dv), a0);
+      a1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r1 + dv), a1);
+      a2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r2 + dv), a2);
+      a3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r3 + dv), a3);
+    }
+    g[i] = hsum16(a0);
+    g[i + 1] = hsum16(a1);
+    g[i + 2] = hsum16(a2);
+    g[i + 3] = hsum16(a3);
+  }
+  for (; i < n; ++i) {
+    const float* r0 = rows + cand[i] * d;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= dv; j += 32) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(r0 + j), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(r0 + j + 16), a1);
+    }
+    for (; j < dv; j += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(r0 + j), a0);
+    if (dv < d) a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + dv), _mm512_maskz_loadu_ps(tail, r0 + dv), a1);
+    g[i] = hsum16(_mm512_add_ps(a0, a1));
+  }
+}
+
+#endif
+
+}  // namespace
+
+// The screen's vector paths need AVX-512F at run time; HERMES_CPU_ISA=generic turns them off (for tests and
+// for comparing the paths).
+bool use_avx512() {
+#ifdef HERMES_AVX512_PATHS
+  static const bool ok = [] {
+    const char* isa = std::getenv("HERMES_CPU_ISA");
+    return __builtin_cpu_supports("avx512f") && !(isa != nullptr && std::strcmp(isa, "generic") == 0);
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+int select_candidates(const float* hi, int K, float best_lo, int32_t* cand) {
+#ifdef HERMES_AVX512_PATHS
+  if (use_avx512()) return select_candidates_avx512(hi, K, best_lo, cand);
+#endif
+  return select_candidates_generic(hi, K, best_lo, cand);
+}
+
+void rescore(const float* x, const float* rows, int64_t d, const int32_t* cand, int n, float* g) {
+#ifdef HERMES_AVX512_PATHS
+  if (use_avx512()) return rescore_avx512(x, rows, d, cand, n, g);
+#endif
+  rescore_generic(x, rows, d, cand, n, g);
 }
 
 // One row, all levels, screened. corr, hi and lo are scratch of size max K; beta is never null here.
 HERMES_CPU_CLONES
 int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float* mt, const float* m16_norm,
                      const float* dm_norm, const ScreenLevel* levels, int L, float inv_s, float x16_norm,
-                     float dx_norm, int32_t* code_row, float* corr, float* hi, float* lo) {
+                     float dx_norm, int32_t* code_row, float* corr, float* hi, float* lo, int32_t* cand,
+                     float* gbuf) {
   // With x = x16 + dx and M = M16 + dM (bf16 parts and exact fp32 remainders), the bf16 products are exact in
   // fp32, so |g16 - x.M_k| <= 2^-8 |g16| (bf16 output) + ||x16|| ||dM_k|| + ||dx|| ||M16_k|| + ||dx|| ||dM_k||
   // + d 2^-24 ||x16|| ||M16_k|| (fp32 accumulation). Inflated by 1% so the bound's own rounding stays covered.
@@ -164,32 +313,28 @@ int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float
     const int K = p.K;
     corrections(p, code_row, corr);
     // The score is non-decreasing in the dot product (inv_s >= 0, cterm >= 0, rounding is monotone), so
-    // scores at g16 -/+ E bracket the exact one. The metric is a literal in each loop so both vectorize.
-    const uint16_t* gl = gr + off;
-    const float* mn = m16_norm + off;
-    const float* dn = dm_norm + off;
-    bf16_row_to_float(gl, K, hi);  // hi holds the bf16 scores as floats until it is overwritten below
-    if (p.metric == core::kL2) {
-      for (int k = 0; k < K; ++k) {
-        const float g = hi[k], e = c_out * std::fabs(g) + a * dn[k] + b * mn[k];
-        lo[k] = core::score_from_parts(g - e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kL2);
-        hi[k] = core::score_from_parts(g + e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kL2);
-      }
-    } else {
-      for (int k = 0; k < K; ++k) {
-        const float g = hi[k], e = c_out * std::fabs(g) + a * dn[k] + b * mn[k];
-        lo[k] = core::score_from_parts(g - e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kCos);
-        hi[k] = core::score_from_parts(g + e, p.beta[k], inv_s, corr[k], p.cterm[k], core::kCos);
-      }
+    // scores at g16 -/+ E bracket the exact one.
+    if (p.metric == core::kL2)
+      bracket_scores<core::kL2>(gr + off, K, m16_norm + off, dm_norm + off, p.beta, corr, p.cterm, c_out, a, b,
+                                inv_s, lo, hi);
+    else
+      bracket_scores<core::kCos>(gr + off, K, m16_norm + off, dm_norm + off, p.beta, corr, p.cterm, c_out, a, b,
+                                 inv_s, lo, hi);
+    // Candidates: every k whose upper bound reaches the best lower bound. The one holding that lower bound is
+    // always among them; when it is alone, every other exact score is strictly below its own and it wins
+    // without being rescored.
+    const int n = select_candidates(hi, K, max_of(lo, K), cand);
+    if (n == 1) {
+      code_row[p.level] = cand[0];
+      continue;
     }
-    const float best_lo = max_of(lo, K);
+    rescore(xr, mt + off * d, d, cand, n, gbuf);
     core::Best best = core::best_init();
-    for (int k = 0; k < K; ++k) {
-      if (!(hi[k] >= best_lo)) continue;
-      const float g = dot_fast(xr, mt + (off + k) * d, d);
-      core::best_update(best, core::score_from_parts(g, p.beta ? p.beta[k] : 0.0f, inv_s, corr[k], p.cterm[k], p.metric), k);
-      ++rescored;
+    for (int i = 0; i < n; ++i) {
+      const int k = cand[i];
+      core::best_update(best, core::score_from_parts(gbuf[i], p.beta[k], inv_s, corr[k], p.cterm[k], p.metric), k);
     }
+    rescored += n;
     code_row[p.level] = best.index;
   }
   return rescored;
@@ -224,17 +369,14 @@ int64_t row_norms(const float* x, int64_t n, int64_t d, int64_t ldx, const float
 
 int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, float bb, bool normalize,
                        float* inv_s, uint16_t* x16, float* x16_norm, float* dx_norm, int nthreads) {
-  // One pass: each row is converted while it is still in cache from its norm.
+  // One sweep per row: norms, bf16 conversion and the bound's norms (x16 of a bad row is never used).
   std::atomic<int64_t> first_bad{-1};
   parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      inv_s[r] = row_inv_norm(x + r * d, wtb, d, bb, normalize);
-      if (std::isnan(inv_s[r])) {
-        record_bad(first_bad, r);
-        continue;
-      }
-      to_bf16(x + r * d, d, x16 + r * d);
-      bf16_norms(x + r * d, x16 + r * d, d, x16_norm + r, dx_norm + r);
+      float xx[core::kWarp], wx[core::kWarp];
+      norms_bf16_row(x + r * d, wtb, d, x16 + r * d, xx, wx, x16_norm + r, dx_norm + r);
+      inv_s[r] = core::inv_norm(core::butterfly_sum32(xx), core::butterfly_sum32(wx), bb, normalize);
+      if (std::isnan(inv_s[r])) record_bad(first_bad, r);
     }
   });
   return first_bad.load();
@@ -293,10 +435,13 @@ int64_t assign_screened(const uint16_t* g16, int64_t ldg, const float* x, int64_
   std::atomic<int64_t> total{0};
   parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
     std::vector<float> corr(static_cast<size_t>(maxK)), hib(static_cast<size_t>(maxK)), lob(static_cast<size_t>(maxK));
+    std::vector<int32_t> cand(static_cast<size_t>(maxK) + 16);
+    std::vector<float> gbuf(static_cast<size_t>(maxK));
     int64_t local = 0;
     for (int64_t r = lo; r < hi; ++r)
       local += screened_row(g16 + r * ldg, x + r * d, d, mt, m16_norm, dm_norm, levels, L, inv_s[r], x16_norm[r],
-                            dx_norm[r], codes + r * L, corr.data(), hib.data(), lob.data());
+                            dx_norm[r], codes + r * L, corr.data(), hib.data(), lob.data(), cand.data(),
+                            gbuf.data());
     total += local;
   });
   return total.load();

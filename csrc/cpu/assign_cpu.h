@@ -47,6 +47,10 @@ void subtract_codeword(float* r,               // [N, d], row stride ldr
                        int L, int level, int nthreads);
 
 // One level of the bf16-screened search: the level's params and its column offset in the GEMM output.
+// Whether the screen's AVX-512 paths (candidate selection, four-way rescoring) run: the CPU has AVX-512F
+// and HERMES_CPU_ISA is not "generic". Fixed at the first call.
+bool use_avx512();
+
 struct ScreenLevel {
   core::LevelParams p;
   int64_t offset;
