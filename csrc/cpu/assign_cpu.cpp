@@ -1,10 +1,13 @@
 // CPU executors for hermes: row norms, per-level argmin epilogue and codeword subtraction, calling csrc/core.
 #include "cpu/assign_cpu.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -17,18 +20,72 @@ namespace hermes {
 namespace cpu {
 namespace {
 
+// torch's CPU GEMM runs on an OpenMP team whose threads spin for a while after each parallel region. Threads
+// of our own started right after a torch GEMM compete with those spinning ones for the same cores (measured
+// here: the screen ran 1.5-2x slower than alone). So when an OpenMP runtime is already loaded in the process
+// (torch's libgomp, or Intel's, which exports the same GOMP entry points), the row loops run on its team
+// through the GOMP ABI that `#pragma omp parallel` compiles to; hermes does not link an OpenMP runtime of
+// its own (a second runtime would be a second set of spinning threads). Otherwise: std::thread.
+struct OmpTeam {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
+  int (*num_threads)() = nullptr;                                          // omp_get_num_threads
+};
+
+const OmpTeam* omp_team() {
+  static std::atomic<const OmpTeam*> found{nullptr};
+  static OmpTeam api;
+  static std::mutex mu;
+  if (const OmpTeam* t = found.load(std::memory_order_acquire)) return t;
+  if (const char* v = std::getenv("HERMES_CPU_THREADS"); v != nullptr && std::strcmp(v, "std") == 0) return nullptr;
+  std::lock_guard<std::mutex> lock(mu);
+  if (const OmpTeam* t = found.load(std::memory_order_acquire)) return t;
+  for (const char* lib : {"libgomp.so.1", "libiomp5.so"}) {
+    void* h = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);  // only a runtime that is already loaded; never loads one
+    if (h == nullptr) continue;
+    OmpTeam a;
+    a.parallel = reinterpret_cast<decltype(a.parallel)>(dlsym(h, "GOMP_parallel"));
+    a.thread_num = reinterpret_cast<decltype(a.thread_num)>(dlsym(h, "omp_get_thread_num"));
+    a.num_threads = reinterpret_cast<decltype(a.num_threads)>(dlsym(h, "omp_get_num_threads"));
+    if (a.parallel != nullptr && a.thread_num != nullptr && a.num_threads != nullptr) {
+      api = a;
+      found.store(&api, std::memory_order_release);
+      return &api;
+    }
+  }
+  return nullptr;  // not cached: torch may load its runtime later
+}
+
 // Splits [0, n) into contiguous chunks, one per thread; runs inline for small n or one thread.
 template <class F>
 void parallel_rows(int64_t n, int nthreads, F&& fn) {
   if (n <= 0) return;
-  int64_t t = std::max<int64_t>(1, std::min<int64_t>(nthreads, (n + 63) / 64));
+  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(nthreads, (n + 63) / 64));
   if (t == 1) {
     fn(int64_t{0}, n);
     return;
   }
+  const int64_t chunk = (n + t - 1) / t;
+  if (const OmpTeam* omp = omp_team()) {
+    struct Ctx {
+      F* fn;
+      const OmpTeam* omp;
+      int64_t n, t, chunk;
+    } ctx{&fn, omp, n, t, chunk};
+    omp->parallel(
+        [](void* p) {
+          const Ctx& c = *static_cast<const Ctx*>(p);
+          // The team may be smaller than asked for (nesting, thread limits): threads take chunks round-robin.
+          for (int64_t i = c.omp->thread_num(); i < c.t; i += c.omp->num_threads()) {
+            const int64_t lo = i * c.chunk, hi = std::min(c.n, lo + c.chunk);
+            if (lo < hi) (*c.fn)(lo, hi);
+          }
+        },
+        &ctx, static_cast<unsigned>(t), 0u);
+    return;
+  }
   std::vector<std::thread> pool;
   pool.reserve(static_cast<size_t>(t - 1));
-  int64_t chunk = (n + t - 1) / t;
   for (int64_t i = 1; i < t; ++i) {
     int64_t lo = i * chunk, hi = std::min(n, lo + chunk);
     if (lo < hi) pool.emplace_back([&fn, lo, hi] { fn(lo, hi); });
