@@ -38,11 +38,14 @@ def build_info() -> dict:
     Keys: ``version``, ``cuda`` (CUDA kernels compiled), ``cuda_architectures`` (list such as
     ``["75-real", ..., "90-virtual"]``), ``cuda_version`` (nvcc version built against), ``cuda_runtime``
     (statically linked runtime version), ``cuda_available`` (usable now), ``cuda_unavailable_reason``,
-    ``compiler``, ``openmp`` (the extension was compiled with OpenMP), ``blas`` (the BLAS behind the CPU GEMM,
-    which is torch's), ``cpu_threads`` (how the CPU executor parallelizes), ``cpu_screen_simd`` (``"avx512"``
+    ``compiler``, ``openmp`` (the extension was compiled with OpenMP: never; see ``cpu_threads``), ``blas`` (the BLAS behind the CPU GEMM,
+    which is torch's), ``cpu_threads`` (how the CPU executor parallelizes: on the OpenMP team of the runtime torch loaded,
+    through the GOMP ABI, or on ``std::thread`` when none is loaded or ``HERMES_CPU_THREADS=std``), ``cpu_screen_simd`` (``"avx512"``
     when the bf16 screen's candidate selection and rescoring use AVX-512 on this CPU, else ``"generic"``;
     ``HERMES_CPU_ISA=generic`` in the environment forces the portable code), ``pybind11``.
     """
+    import torch  # noqa: F401  (loads torch's OpenMP runtime first, so cpu_threads reports the team used)
+
     info = dict(_C.build_info())
     archs = info.get("cuda_architectures", "")
     info["cuda_architectures"] = [a for a in archs.split(",") if a]

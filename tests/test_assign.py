@@ -302,6 +302,7 @@ def test_bf16_screen_is_an_exact_fp32_search(metric, d, Ks):
 
 
 def test_bf16_screen_generic_and_avx512_paths_agree(tmp_path):
+    assert hermes.build_info()["cpu_threads"].startswith("OpenMP team of the already loaded "), "torch loads one"
     # The screen's candidate selection and rescoring have AVX-512 and portable versions; HERMES_CPU_ISA=generic
     # forces the portable one in a child process. Both are exact fp32 searches, so codes agree up to fp32
     # near-ties (the rescoring sums in different orders).
@@ -314,11 +315,14 @@ def test_bf16_screen_generic_and_avx512_paths_agree(tmp_path):
     x = unit_rows(3000, 384, seed=5)
     model.save(tmp_path / "m.hermes")
     np.save(tmp_path / "x.npy", x)
+    # The child also runs the row loops on std::thread instead of torch's OpenMP team.
     script = ("import sys, numpy as np, hermes; m = hermes.load(sys.argv[1]); x = np.load(sys.argv[2]); "
-              "assert hermes.build_info()['cpu_screen_simd'] == 'generic'; "
+              "info = hermes.build_info(); assert info['cpu_screen_simd'] == 'generic', info; "
+              "assert info['cpu_threads'].startswith('std::thread'), info; "
               "np.save(sys.argv[3], hermes.assign_codes(x, m, precision='bf16'))")
     env = child_env()
     env["HERMES_CPU_ISA"] = "generic"
+    env["HERMES_CPU_THREADS"] = "std"
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.hermes"), str(tmp_path / "x.npy"),
                     str(tmp_path / "c.npy")], env=env, check=True, cwd=tmp_path)
     generic = np.load(tmp_path / "c.npy")

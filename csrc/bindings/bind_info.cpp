@@ -32,9 +32,9 @@ void bind_info(py::module_& m) {
 #if defined(_OPENMP)
     d["openmp"] = true;
 #else
-    d["openmp"] = false;  // the CPU executor threads with std::thread; torch's GEMM may use OpenMP inside
+    d["openmp"] = false;  // not compiled with OpenMP: the row loops borrow torch's team (see cpu_threads)
 #endif
-    d["cpu_threads"] = std::string("std::thread over rows, torch.get_num_threads() of them");
+    d["cpu_threads"] = hermes::cpu::thread_pool() + ", torch.get_num_threads() threads over rows";
     d["cpu_screen_simd"] = std::string(hermes::cpu::use_avx512() ? "avx512" : "generic");
     d["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) + "." +
                     std::to_string(PYBIND11_VERSION_PATCH);

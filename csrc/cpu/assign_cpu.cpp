@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -27,6 +28,7 @@ namespace {
 // through the GOMP ABI that `#pragma omp parallel` compiles to; hermes does not link an OpenMP runtime of
 // its own (a second runtime would be a second set of spinning threads). Otherwise: std::thread.
 struct OmpTeam {
+  const char* lib = nullptr;
   void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
   int (*thread_num)() = nullptr;                                           // omp_get_thread_num
   int (*num_threads)() = nullptr;                                          // omp_get_num_threads
@@ -44,6 +46,7 @@ const OmpTeam* omp_team() {
     void* h = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);  // only a runtime that is already loaded; never loads one
     if (h == nullptr) continue;
     OmpTeam a;
+    a.lib = lib;
     a.parallel = reinterpret_cast<decltype(a.parallel)>(dlsym(h, "GOMP_parallel"));
     a.thread_num = reinterpret_cast<decltype(a.thread_num)>(dlsym(h, "omp_get_thread_num"));
     a.num_threads = reinterpret_cast<decltype(a.num_threads)>(dlsym(h, "omp_get_num_threads"));
@@ -320,6 +323,11 @@ __attribute__((target("avx512f"))) void rescore_avx512(const float* x, const flo
 #endif
 
 }  // namespace
+
+std::string thread_pool() {
+  if (const OmpTeam* t = omp_team()) return std::string("OpenMP team of the already loaded ") + t->lib;
+  return "std::thread";
+}
 
 // The screen's vector paths need AVX-512F at run time; HERMES_CPU_ISA=generic turns them off (for tests and
 // for comparing the paths).

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/hermes_core.h"
 
@@ -50,6 +51,10 @@ void subtract_codeword(float* r,               // [N, d], row stride ldr
 // Whether the screen's AVX-512 paths (candidate selection, four-way rescoring) run: the CPU has AVX-512F
 // and HERMES_CPU_ISA is not "generic". Fixed at the first call.
 bool use_avx512();
+
+// What the row loops run on: the OpenMP team of the runtime torch already loaded (libgomp or Intel's, through
+// the GOMP ABI; hermes links none of its own), or std::thread when none is loaded or HERMES_CPU_THREADS=std.
+std::string thread_pool();
 
 struct ScreenLevel {
   core::LevelParams p;
