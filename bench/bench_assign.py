@@ -23,14 +23,27 @@ import hermes  # noqa: E402
 import hermes.reference  # noqa: E402
 
 
-def make_model(d, levels, x, seed=0, metric="l2"):
-    """Codebooks from data (level 1: sample points; deeper: sampled residuals), and a random orthogonal W."""
+def make_model(d, levels, x, seed=0, metric="l2", codebooks="trained"):
+    """A random orthogonal W and codebooks built on 20,000 rotated rows of x.
+
+    codebooks="trained" (default): per stage, faiss k-means (10 iterations) on the residuals, as a trained RVQ
+    has. codebooks="sampled": sampled residual rows as codewords. That construction is degenerate: the
+    sampled rows that were themselves level-1 codewords have zero residuals, so every deeper level holds
+    several identical zero codewords, which win most rows with exact ties.
+    """
     rng = np.random.default_rng(seed)
     W = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
-    h = x[rng.choice(len(x), 20000, replace=False)] @ W.T
+    h = np.ascontiguousarray(x[rng.choice(len(x), 20000, replace=False)] @ W.T)
     cbs, r = [], h.copy()
-    for K in levels:
-        C = r[rng.choice(len(r), K, replace=False)].copy()
+    for l, K in enumerate(levels):
+        if codebooks == "trained":
+            import faiss
+
+            km = faiss.Kmeans(d, K, niter=10, seed=seed + l, verbose=False)
+            km.train(r)
+            C = km.centroids.copy()
+        else:
+            C = r[rng.choice(len(r), K, replace=False)].copy()
         cbs.append(C)
         idx = np.argmax(2 * r @ C.T - (C * C).sum(1), axis=1)
         r = r - C[idx]
@@ -62,10 +75,10 @@ def bench_cpu(args):
     import faiss
 
     d, levels, N = args.d, (256, 256, 256), args.n
-    print(f"# CPU: N={N:,} d={d} levels={levels}; torch threads={torch.get_num_threads()}, "
+    print(f"# CPU: N={N:,} d={d} levels={levels} codebooks={args.codebooks}; torch threads={torch.get_num_threads()}, "
           f"faiss threads={faiss.omp_get_max_threads()}")
     x = clustered_unit_vectors(N, d, seed=1)
-    model = make_model(d, levels, x, metric="l2")
+    model = make_model(d, levels, x, metric="l2", codebooks=args.codebooks)
     Wt, bt = torch.from_numpy(model.W), torch.zeros(d)
     cbs_t = [torch.from_numpy(c) for c in model.codebooks]
 
@@ -146,7 +159,7 @@ def bench_cuda(args):
     d, levels = args.d, (256, 256, 256)
     print(f"# CUDA: {torch.cuda.get_device_name()} d={d} levels={levels}")
     xs = torch.from_numpy(clustered_unit_vectors(50000, d, seed=1))
-    model = make_model(d, levels, xs.numpy(), metric="l2")
+    model = make_model(d, levels, xs.numpy(), metric="l2", codebooks=args.codebooks)
     Wt = torch.from_numpy(model.W).to(dev)
     bt = torch.zeros(d, device=dev)
     cbs_t = [torch.from_numpy(c).to(dev) for c in model.codebooks]
@@ -193,6 +206,8 @@ def main():
     p.add_argument("--n", type=int, default=100_000, help="rows for the CPU benchmark")
     p.add_argument("--d", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--codebooks", choices=["trained", "sampled"], default="trained",
+                   help="trained: per-stage k-means (default); sampled: residual rows (degenerate, see make_model)")
     p.add_argument("--cuda-n", type=int, nargs="+", default=[1_000_000, 10_000_000])
     args = p.parse_args()
     print(f"hermes {hermes.__version__}; build: cuda={hermes.build_info()['cuda']} "

@@ -46,14 +46,12 @@ HERMES_HD void norm_step(float xi, float wi, float& xx, float& wx) {
   wx = mul_add(xi, wi, wx);
 }
 
-// The butterfly (xor-shuffle) combination of 32 lane partials, as __shfl_xor_sync computes it.
-// Every lane ends with the same value because fp addition is commutative.
+// The butterfly (xor-shuffle) combination of 32 lane partials, as __shfl_xor_sync computes it. Every lane
+// ends with the same value because fp addition is commutative (lane j adds v_j + v_{j^o}, its mirror adds the
+// same two), so only lane 0's chain is replayed: at offset o it needs lanes i < o, v_i + v_{i+o}. 31 adds.
 HERMES_HD float butterfly_sum32(float* v) {
-  for (int o = kWarp / 2; o > 0; o >>= 1) {
-    float t[kWarp];
-    for (int i = 0; i < kWarp; ++i) t[i] = v[i] + v[i ^ o];
-    for (int i = 0; i < kWarp; ++i) v[i] = t[i];
-  }
+  for (int o = kWarp / 2; o > 0; o >>= 1)
+    for (int i = 0; i < o; ++i) v[i] = v[i] + v[i + o];
   return v[0];
 }
 

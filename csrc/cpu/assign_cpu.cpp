@@ -388,18 +388,30 @@ int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float
     // Candidates: every k whose upper bound reaches the best lower bound. The one holding that lower bound is
     // always among them; when it is alone, every other exact score is strictly below its own and it wins
     // without being rescored.
-    const int n = select_candidates(hi, K, max_of(lo, K), cand);
+    const float best_lo = max_of(lo, K);
+    int n = select_candidates(hi, K, best_lo, cand);
     if (n == 1) {
       code_row[p.level] = cand[0];
       continue;
     }
-    rescore(xr, mt + off * d, d, cand, n, gbuf);
+    // The candidate holding the best lower bound usually wins: rescore it first. Its exact score S is then
+    // the bar, higher than best_lo: a candidate with hi < S cannot reach S, so only those with hi >= S
+    // (ties included, for the lowest-index rule) are rescored.
+    int first = 0;
+    while (first + 1 < n && lo[cand[first]] != best_lo) ++first;
+    const int k0 = cand[first];
+    rescore(xr, mt + off * d, d, &k0, 1, gbuf);
     core::Best best = core::best_init();
-    for (int i = 0; i < n; ++i) {
+    core::best_update(best, core::score_from_parts(gbuf[0], p.beta[k0], inv_s, corr[k0], p.cterm[k0], p.metric), k0);
+    int m = 0;
+    for (int i = 0; i < n; ++i)
+      if (cand[i] != k0 && hi[cand[i]] >= best.score) cand[m++] = cand[i];
+    rescore(xr, mt + off * d, d, cand, m, gbuf);
+    for (int i = 0; i < m; ++i) {
       const int k = cand[i];
       core::best_update(best, core::score_from_parts(gbuf[i], p.beta[k], inv_s, corr[k], p.cterm[k], p.metric), k);
     }
-    rescored += n;
+    rescored += 1 + m;
     code_row[p.level] = best.index;
   }
   return rescored;
