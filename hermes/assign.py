@@ -111,6 +111,14 @@ def _cpu_has_fast_bf16() -> bool:
     return ("avx512_bf16" in flags or "amx_bf16" in flags) and _bf16_gemm_accumulates_fp32()
 
 
+def _duplicate_rows(C: np.ndarray) -> np.ndarray:
+    """Indices of the rows of C [K, d] equal to a lower-index row (int32, increasing): codewords that never win."""
+    _, first = np.unique(C, axis=0, return_index=True)
+    keep = np.zeros(len(C), dtype=bool)
+    keep[first] = True
+    return np.flatnonzero(~keep).astype(np.int32)
+
+
 def _screen_tables(model: Model, t):
     """bf16 GEMM operand, M^T and the column norms (rounded up) for the screened CPU search, built once."""
     import torch
@@ -125,6 +133,7 @@ def _screen_tables(model: Model, t):
         t.extra["m16_norm"] = up(np.sqrt((m16 * m16).sum(0)))
         t.extra["dm_norm"] = up(np.sqrt((dM * dM).sum(0)))
         t.extra["betas"] = [t.beta[t.offsets[l]:t.offsets[l + 1]] for l in range(model.L)]
+        t.extra["shadowed"] = [_duplicate_rows(np.asarray(C)) for C in model.codebooks]
     return t.extra
 
 
@@ -166,7 +175,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                     g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), st["M16"], out=g16_buf[:hi - lo])
                     rescored = _C.assign_screened_cpu(
                         g16.view(torch.int16).numpy(), xb, st["Mt"], st["m16_norm"], st["dm_norm"], t.offsets[:-1],
-                        list(model.levels), metric, st["betas"], t.cterm, t.T, inv_s, xn, dxn, cb, nt)
+                        list(model.levels), metric, st["betas"], t.cterm, t.T, inv_s, xn, dxn, cb, st["shadowed"], nt)
                     if precision == "auto" and rescored > _SCREEN_GIVE_UP * (hi - lo) * L:
                         screen = False  # scores too close for the bf16 screen on this data: fp32 from now on
                 else:

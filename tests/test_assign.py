@@ -364,6 +364,16 @@ def test_bf16_screen_degenerate_scores(real_embeddings):
     c1 = np.concatenate([x[:100], x[:100], np.zeros((1, 384), np.float32)])
     model = hermes.Model([c1, 0.3 * c1, 0.1 * c1], metric="cos")
     for precision in ("bf16", "auto"):
-        check_codes(x, model, hermes.assign_codes(x, model, precision=precision), max_tie_frac=None)
+        codes = hermes.assign_codes(x, model, precision=precision)
+        check_codes(x, model, codes, max_tie_frac=None)
+        # Codewords 100..199 duplicate 0..99 at every level: by the lowest-index rule they never win, and the
+        # screen never rescores them.
+        assert not ((codes >= 100) & (codes < 200)).any() and (codes < 100).any()
+    from hermes.assign import _duplicate_rows
+
+    brute = [k for k in range(len(c1)) if any(np.array_equal(c1[j], c1[k]) for j in range(k))]
+    assert set(range(100, 200)) <= set(brute)  # (the real data repeats a few summaries too)
+    np.testing.assert_array_equal(_duplicate_rows(c1), brute)
+    np.testing.assert_array_equal(_duplicate_rows(np.eye(3, dtype=np.float32)), np.zeros(0, np.int32))
     with pytest.raises(ValueError, match=r"assign_codes: precision must be one of \('auto', 'fp32', 'bf16'\)"):
         hermes.assign_codes(x, model, precision="fp16")

@@ -153,7 +153,8 @@ void bind_assign(py::module_& m) {
       [](const py::array_t<int16_t, py::array::c_style>& g16, const F32& x, const F32& mt, const F32& m16_norm,
          const F32& dm_norm, const std::vector<int64_t>& offsets, const std::vector<int>& Ks, int metric,
          const std::vector<F32>& betas, const std::vector<F32>& cterms, const std::vector<std::vector<F32>>& Ts,
-         const F32& inv_s, const F32& x16_norm, const F32& dx_norm, I32& codes, int nthreads) {
+         const F32& inv_s, const F32& x16_norm, const F32& dx_norm, I32& codes, const std::vector<I32>& shadowed,
+         int nthreads) {
         require_2d(x, "x");
         require_2d(g16, "g16");
         require_2d(mt, "mt");
@@ -161,7 +162,8 @@ void bind_assign(py::module_& m) {
         const int L = static_cast<int>(Ks.size());
         require(L >= 1 && codes.shape(1) == L, "codes must be [N, L]");
         require(offsets.size() == Ks.size() && betas.size() == Ks.size() && cterms.size() == Ks.size() &&
-                    Ts.size() == Ks.size(), "one offset, K, beta, cterm and T list per level");
+                    Ts.size() == Ks.size() && shadowed.size() == Ks.size(),
+                "one offset, K, beta, cterm, T list and shadowed array per level");
         const int64_t n = x.shape(0), d = x.shape(1), cols = mt.shape(0);
         require(g16.shape(0) == n && g16.shape(1) == cols, "g16 must be [N, sum K]");
         require(mt.shape(1) == d && m16_norm.ndim() == 1 && m16_norm.shape(0) == cols && dm_norm.ndim() == 1 &&
@@ -174,7 +176,12 @@ void bind_assign(py::module_& m) {
           require(offsets[l] >= 0 && offsets[l] + Ks[l] <= cols, "level columns out of range");
           require(betas[l].ndim() == 1 && betas[l].shape(0) == Ks[l], "betas[l] must be [K_l]");
           std::optional<F32> beta(betas[l]);
-          levels.push_back({cpu_params(Ks[l], l, L, metric, beta, cterms[l], Ts[l]), offsets[l]});
+          require(shadowed[l].ndim() == 1, "shadowed[l] must be 1-d");
+          const int32_t* sh = shadowed[l].data();
+          for (int64_t i = 0; i < shadowed[l].shape(0); ++i)
+            require(sh[i] > 0 && sh[i] < Ks[l], "shadowed[l] holds codeword indices in [1, K_l)");
+          levels.push_back({cpu_params(Ks[l], l, L, metric, beta, cterms[l], Ts[l]), offsets[l], sh,
+                            static_cast<int>(shadowed[l].shape(0))});
         }
         int32_t* c = codes.mutable_data();
         const uint16_t* g = reinterpret_cast<const uint16_t*>(g16.data());
@@ -187,9 +194,10 @@ void bind_assign(py::module_& m) {
       py::arg("m16_norm").noconvert(), py::arg("dm_norm").noconvert(), py::arg("offsets"), py::arg("Ks"),
       py::arg("metric"), py::arg("betas"), py::arg("cterms"), py::arg("Ts"), py::arg("inv_s").noconvert(),
       py::arg("x16_norm").noconvert(), py::arg("dx_norm").noconvert(), py::arg("codes").noconvert(),
-      py::arg("nthreads"),
+      py::arg("shadowed"), py::arg("nthreads"),
       "All levels of the folded search screened by a bf16 GEMM g16 [N, sum K] (int16 view of bf16) with exact fp32 "
-      "rescoring of the candidates; returns the number of rescored codewords");
+      "rescoring of the candidates (never the shadowed codewords: exact duplicates of a lower index); returns the "
+      "number of rescored codewords");
 
   m.def(
       "subtract_codeword_cpu",

@@ -385,6 +385,7 @@ int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float
     else
       bracket_scores<core::kCos>(gr + off, K, m16_norm + off, dm_norm + off, p.beta, corr, p.cterm, c_out, a, b,
                                  inv_s, lo, hi);
+    for (int i = 0; i < levels[l].n_shadowed; ++i) lo[levels[l].shadowed[i]] = hi[levels[l].shadowed[i]] = -INFINITY;
     // Candidates: every k whose upper bound reaches the best lower bound. The one holding that lower bound is
     // always among them; when it is alone, every other exact score is strictly below its own and it wins
     // without being rescored.

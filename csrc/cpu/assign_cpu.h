@@ -59,6 +59,10 @@ std::string thread_pool();
 struct ScreenLevel {
   core::LevelParams p;
   int64_t offset;
+  // Codewords that are exact duplicates of a lower-index one at this level: their exact scores equal that
+  // one's, so the lowest-index tie rule means they never win and the screen never rescores them.
+  const int32_t* shadowed = nullptr;
+  int n_shadowed = 0;
 };
 
 // All levels of the folded search from a bf16 GEMM g16 = bf16(x) bf16(M) (fp32 accumulation, bf16 output):
