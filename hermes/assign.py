@@ -39,21 +39,34 @@ def _progress(total: int, enabled, desc: str):
 
 
 def _cpu_source(fn: str, x):
-    """Returns (get_batch(lo, hi) -> float32 C-contiguous numpy, N) without copying the whole input."""
+    """Returns (get_batch(lo, hi) -> float32 C-contiguous numpy, N) without copying the whole input.
+
+    A batch is valid until the next get_batch call (float16 input is converted into one reused buffer).
+    """
     if is_torch(x):
         import torch
 
         x = x.detach()
         if x.dtype in (torch.float32, torch.float16, torch.float64):
             x = x.numpy()
-        else:  # bfloat16 has no numpy dtype: convert per batch in torch
-            return (lambda lo, hi: x[lo:hi].float().contiguous().numpy()), x.shape[0]
+        else:  # bfloat16 has no numpy dtype: convert per batch in torch, into one reused buffer
+            tscratch = []
+
+            def get_bf16(lo, hi):
+                if not tscratch or tscratch[0].shape[0] < hi - lo:
+                    tscratch[:] = [torch.empty((hi - lo,) + tuple(x.shape[1:]), dtype=torch.float32)]
+                return tscratch[0][:hi - lo].copy_(x[lo:hi]).numpy()
+
+            return get_bf16, x.shape[0]
     if x.dtype == np.float16:  # the C++ conversion is several times faster than numpy's
         nt = _nthreads()
+        scratch = []  # one float32 buffer reused by every batch (fresh pages per batch cost page faults)
 
         def get16(lo, hi):
             chunk = np.ascontiguousarray(x[lo:hi])
-            out = np.empty(chunk.shape, dtype=np.float32)
+            if not scratch or scratch[0].shape[0] < chunk.shape[0]:
+                scratch[:] = [np.empty(chunk.shape, dtype=np.float32)]
+            out = scratch[0][:chunk.shape[0]]
             _C.f16_to_f32_cpu(chunk.view(np.int16), out, nt)
             return out
 
