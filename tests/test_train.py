@@ -330,6 +330,51 @@ def test_fit_under_single_process_gloo_ddp_matches_plain(tmp_path):
     same_model(plain, ddp)
 
 
+_DDP_RANK_SCRIPT = """
+import sys
+import numpy as np
+import torch.distributed as dist
+import hermes
+rank, pg, data, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method="file://" + pg, rank=rank, world_size=2)
+try:
+    m = hermes.fit(np.load(data), (8, 4), method="hermes", epochs=2, batch_size=32, progress=False, seed=4)
+    m.save(out)
+finally:
+    dist.destroy_process_group()
+"""
+
+
+def test_fit_under_two_process_gloo_ddp(tmp_path):
+    # Two real ranks (separate processes, gloo): each trains on its half of every global minibatch, gradients
+    # are averaged and EMA statistics summed, so both ranks must end with the same model, of the quality a
+    # single process reaches with the same global minibatch.
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this torch build")
+    x, _, _ = blobs(n=300, d=10, k=12, noise=0.3)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "rank.py").write_text(_DDP_RANK_SCRIPT)
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "rank.py"), str(r), str(tmp_path / "pg"),
+                               str(tmp_path / "x.npy"), str(tmp_path / f"m{r}.hermes")],
+                              env=child_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    m0, m1 = hermes.load(tmp_path / "m0.hermes"), hermes.load(tmp_path / "m1.hermes")
+    same_model(m0, m1)
+    single = fit(x, (8, 4), method="hermes", epochs=2, batch_size=64, progress=False, seed=4)
+    e_ddp, e_one = hermes.quantization_error(x, m0).mean(), hermes.quantization_error(x, single).mean()
+    print(f"ddp error {e_ddp:.5f}, single process {e_one:.5f}")
+    assert e_ddp <= 1.1 * e_one, (e_ddp, e_one)
+
+
 def test_progress_bar_shows_loss_terms(capsys):
     x, _, _ = blobs(n=200, d=10)
     fit(x, (8,), method="hermes", epochs=1, batch_size=64, progress=True)
