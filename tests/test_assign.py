@@ -332,6 +332,44 @@ def test_bf16_screen_generic_and_avx512_paths_agree(tmp_path):
     assert (generic != here).any(axis=1).mean() <= 0.002
 
 
+def test_bf16_screen_nan_bounds_are_rescored_exactly():
+    # A bf16 score that is NaN or overflows brackets nothing: that codeword (or, when the best lower bound is
+    # NaN, every codeword) must be rescored, never silently dropped.
+    import torch
+
+    from hermes import assign as A
+    from hermes._backend import _C
+
+    model = make_model(64, (32, 16), "l2", "orthogonal")
+    x = unit_rows(200, 64, seed=9)
+    t = model._host_tables()
+    st = A._screen_tables(model, t)
+    n = len(x)
+    inv, x16 = np.empty(n, np.float32), np.empty((n, 64), np.int16)
+    xn, dxn = np.empty(n, np.float32), np.empty(n, np.float32)
+    assert _C.row_norms_bf16_cpu(x, t.wtb, t.bb, model.normalize, inv, x16, xn, dxn, 2) == -1
+    g16 = (torch.from_numpy(x16).view(torch.bfloat16) @ st["M16"]).view(torch.int16).numpy().copy()
+    expected = hermes.assign_codes(x, model, precision="fp32")
+    nan, inf = np.int16(0x7FC0), np.int16(0x7F80)
+    rows = [r for r in range(n) if expected[r, 0] != 0][:4]
+    g16[rows[0], 0] = nan                                      # level 1's best lower bound becomes NaN
+    g16[rows[1], expected[rows[1], 0]] = nan                   # the winner's own bound is NaN
+    g16[rows[2], expected[rows[2], 0]] = inf                   # ... or infinite
+    g16[rows[3], t.offsets[1] + expected[rows[3], 1]] = nan    # at level 2
+    for pos in range(4):
+        codes = np.zeros((n, 2), np.int32)
+        _C.assign_screened_cpu(g16, x, st["Mt"], st["m16_norm"], st["dm_norm"], t.offsets[:-1], list(model.levels),
+                               A.METRICS[model.metric], st["betas"], t.cterm, t.T, inv, xn, dxn, codes,
+                               st["shadowed"], 2)
+        np.testing.assert_array_equal(codes[rows], expected[rows])
+        assert (codes != expected).any(axis=1).mean() <= 0.01  # the other rows: fp32 near-ties at most
+        g16[rows[pos]] = nan  # then whole rows of NaN, one more per pass
+    codes[:] = 0
+    _C.assign_screened_cpu(g16, x, st["Mt"], st["m16_norm"], st["dm_norm"], t.offsets[:-1], list(model.levels),
+                           A.METRICS[model.metric], st["betas"], t.cterm, t.T, inv, xn, dxn, codes, st["shadowed"], 2)
+    np.testing.assert_array_equal(codes[rows], expected[rows])
+
+
 def test_row_norms_bf16_matches_row_norms_and_torch_rounding():
     # The screen's fused first pass: inv_s bit-equal to the row_norms kernel order, x16 equal to torch's
     # round-to-nearest-even bf16, and the two norms the error bound uses.

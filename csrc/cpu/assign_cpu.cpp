@@ -24,7 +24,7 @@ namespace {
 // torch's CPU GEMM runs on an OpenMP team whose threads spin for a while after each parallel region. Threads
 // of our own started right after a torch GEMM compete with those spinning ones for the same cores (measured
 // here: the screen ran 1.5-2x slower than alone). So when an OpenMP runtime is already loaded in the process
-// (torch's libgomp, or Intel's, which exports the same GOMP entry points), the row loops run on its team
+// (torch's libgomp, or Intel's or LLVM's, which export the same GOMP entry points), the row loops run on its team
 // through the GOMP ABI that `#pragma omp parallel` compiles to; hermes does not link an OpenMP runtime of
 // its own (a second runtime would be a second set of spinning threads). Otherwise: std::thread.
 struct OmpTeam {
@@ -42,7 +42,7 @@ const OmpTeam* omp_team() {
   if (const char* v = std::getenv("HERMES_CPU_THREADS"); v != nullptr && std::strcmp(v, "std") == 0) return nullptr;
   std::lock_guard<std::mutex> lock(mu);
   if (const OmpTeam* t = found.load(std::memory_order_acquire)) return t;
-  for (const char* lib : {"libgomp.so.1", "libiomp5.so"}) {
+  for (const char* lib : {"libgomp.so.1", "libiomp5.so", "libomp.so"}) {
     void* h = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);  // only a runtime that is already loaded; never loads one
     if (h == nullptr) continue;
     OmpTeam a;
@@ -227,15 +227,16 @@ HERMES_CPU_CLONES void bracket_scores(const uint16_t* __restrict g16, int K, con
   }
 }
 
-// The screen's candidate search and exact rescoring, with AVX-512 versions (mask compress-store; four
-// candidates' dot products per sweep over x, so four memory streams are in flight) picked at run time.
-// cand gets every k with hi[k] >= best_lo, in increasing k; returns how many. cand has room for K + 16
+// The screen's candidate search and exact rescoring, with AVX-512 versions (mask compress into a register;
+// four candidates' dot products per sweep over x, so four memory streams are in flight) picked at run time.
+// cand gets every k with !(hi[k] < best_lo), in increasing k; returns how many. NaN counts as a candidate:
+// a NaN bound (an overflowing bf16 score, or a NaN best_lo) brackets nothing, so that codeword is rescored. cand has room for K + 16
 // (the vector path stores whole compressed vectors: compress-to-memory is microcoded and slow on AMD Zen 4).
 int select_candidates_generic(const float* __restrict hi, int K, float best_lo, int32_t* __restrict cand) {
   int n = 0;
   for (int k = 0; k < K; ++k) {
     cand[n] = k;
-    n += hi[k] >= best_lo ? 1 : 0;
+    n += hi[k] < best_lo ? 0 : 1;
   }
   return n;
 }
@@ -262,14 +263,14 @@ __attribute__((target("avx512f"))) int select_candidates_avx512(const float* __r
   const __m512i step = _mm512_set1_epi32(16);
   int n = 0, k = 0;
   for (; k + 16 <= K; k += 16) {
-    const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(hi + k), lo, _CMP_GE_OQ);
+    const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(hi + k), lo, _CMP_NLT_UQ);
     _mm512_storeu_si512(cand + n, _mm512_maskz_compress_epi32(m, idx));
     n += __builtin_popcount(m);
     idx = _mm512_add_epi32(idx, step);
   }
   if (k < K) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (K - k)) - 1u);
-    const __mmask16 m = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, hi + k), lo, _CMP_GE_OQ);
+    const __mmask16 m = _mm512_mask_cmp_ps_mask(tail, _mm512_maskz_loadu_ps(tail, hi + k), lo, _CMP_NLT_UQ);
     _mm512_storeu_si512(cand + n, _mm512_maskz_compress_epi32(m, idx));
     n += __builtin_popcount(m);
   }
@@ -386,33 +387,34 @@ int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float
       bracket_scores<core::kCos>(gr + off, K, m16_norm + off, dm_norm + off, p.beta, corr, p.cterm, c_out, a, b,
                                  inv_s, lo, hi);
     for (int i = 0; i < levels[l].n_shadowed; ++i) lo[levels[l].shadowed[i]] = hi[levels[l].shadowed[i]] = -INFINITY;
-    // Candidates: every k whose upper bound reaches the best lower bound. The one holding that lower bound is
-    // always among them; when it is alone, every other exact score is strictly below its own and it wins
-    // without being rescored.
+    // Candidates: every k whose upper bound reaches the best lower bound (or is NaN). The one holding that
+    // lower bound is always among them (with a NaN best_lo, every k is); when it is alone, every other exact
+    // score is strictly below its own and it wins without being rescored.
     const float best_lo = max_of(lo, K);
     int n = select_candidates(hi, K, best_lo, cand);
     if (n == 1) {
       code_row[p.level] = cand[0];
       continue;
     }
-    // The candidate holding the best lower bound usually wins: rescore it first. Its exact score S is then
-    // the bar, higher than best_lo: a candidate with hi < S cannot reach S, so only those with hi >= S
-    // (ties included, for the lowest-index rule) are rescored.
+    core::Best best = core::best_init();
+    auto rescore_into = [&](const int32_t* c, int count) {  // exact fp32 scores of codewords c[0..count)
+      rescore(xr, mt + off * d, d, c, count, gbuf);
+      for (int i = 0; i < count; ++i)
+        core::best_update(best, core::score_from_parts(gbuf[i], p.beta[c[i]], inv_s, corr[c[i]], p.cterm[c[i]],
+                                                       p.metric), c[i]);
+      rescored += count;
+    };
+    // The candidate holding the best lower bound usually wins: rescore it first. Its exact score S is then the
+    // bar, higher than best_lo: a candidate with hi < S cannot reach S, so only those with hi >= S (ties
+    // included, for the lowest-index rule; NaN included) are rescored.
     int first = 0;
     while (first + 1 < n && lo[cand[first]] != best_lo) ++first;
-    const int k0 = cand[first];
-    rescore(xr, mt + off * d, d, &k0, 1, gbuf);
-    core::Best best = core::best_init();
-    core::best_update(best, core::score_from_parts(gbuf[0], p.beta[k0], inv_s, corr[k0], p.cterm[k0], p.metric), k0);
+    const int32_t k0 = cand[first];
+    rescore_into(&k0, 1);
     int m = 0;
     for (int i = 0; i < n; ++i)
-      if (cand[i] != k0 && hi[cand[i]] >= best.score) cand[m++] = cand[i];
-    rescore(xr, mt + off * d, d, cand, m, gbuf);
-    for (int i = 0; i < m; ++i) {
-      const int k = cand[i];
-      core::best_update(best, core::score_from_parts(gbuf[i], p.beta[k], inv_s, corr[k], p.cterm[k], p.metric), k);
-    }
-    rescored += 1 + m;
+      if (cand[i] != k0 && !(hi[cand[i]] < best.score)) cand[m++] = cand[i];
+    rescore_into(cand, m);
     code_row[p.level] = best.index;
   }
   return rescored;
