@@ -485,6 +485,9 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
         (the shards finished before it are kept, and a rerun resumes after them).
     """
     fn = "label"
+    import pyarrow.parquet  # noqa: F401  (imported lazily below; module import time is not labeling time,
+    import torch  # noqa: F401             which the report's seconds and the CLI's rows/s measure)
+
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
