@@ -602,7 +602,11 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                 B = e.shape[0]
                 i = torch.randint(0, B, (pairs,), generator=gen, device=dev)
                 j = torch.randint(0, B, (pairs,), generator=gen, device=dev)
-                l_struct = (((en[i] * en[j]).sum(1) - (h[i] * h[j]).sum(1)) ** 2).mean()
+                # index_select, not h[i]: the backward of advanced indexing with repeated indices accumulates
+                # with atomics on multi-threaded CPUs (run-to-run different gradients); index_select's is
+                # deterministic.
+                hi_, hj_ = h.index_select(0, i), h.index_select(0, j)
+                l_struct = (((en.index_select(0, i) * en.index_select(0, j)).sum(1) - (hi_ * hj_).sum(1)) ** 2).mean()
                 l_ortho = ((W.T @ W - eye) ** 2).sum()
                 loss = l_struct + l_quant + opts["ortho_weight"] * l_ortho + opts["commitment"] * commit
                 t2 = time.perf_counter()

@@ -232,6 +232,14 @@ def test_fit_deterministic_on_cpu(method):
     assert not all(np.array_equal(p, q) for p, q in zip(a.codebooks, c.codebooks))
 
 
+def test_fit_deterministic_on_real_data_with_threads(real_embeddings):
+    # Batches large enough that torch runs the backward multi-threaded: the backward of advanced indexing
+    # (h[i] with repeated pair indices) accumulated with atomics there, and two runs differed.
+    x = real_embeddings[:4096]
+    kw = dict(method="hermes", epochs=1, batch_size=1024, progress=False, seed=1)
+    same_model(fit(x, (64, 16), **kw), fit(x, (64, 16), **kw))
+
+
 @pytest.mark.parametrize("metric", ["cos", "l2"])  # l2 also runs the cosine warm-up iterations
 def test_fit_torch_and_memmap_inputs_match_numpy(tmp_path, metric):
     x, _, _ = blobs(n=300, d=9, k=8, noise=0.2)
