@@ -518,6 +518,39 @@ def _save_hermes(ckpt, epoch, W, b, opt, C, ema_n, ema_s, stats):
                "ema_s": [c.cpu() for c in ema_s], "stats": json.dumps(stats)})
 
 
+def project_orthogonal(W, *, max_iter: int = 10):
+    """The orthogonal matrix nearest to W [d, d] in Frobenius norm: the polar factor U Vᵀ of W = U S Vᵀ.
+
+    After an optimizer step W is close to orthogonal, so Newton–Schulz iterations X ← X (3I − XᵀX) / 2
+    (two GEMMs each, quadratic convergence) reach the polar factor in two or three steps, several times
+    faster than an SVD at d = 1024 (and closer to the float64 polar factor than a float32 SVD). With
+    E = XᵀX − I, one step maps E to −(3/4)E² + (1/4)E³, so ||E'||_F ≤ (3/4)e² + (1/4)e³ for e = ||E||_F;
+    the last step is taken once that bound is at the fp32 floor (2e-7 d). The SVD is used instead when a
+    singular value may exceed √3 (the largest absolute row sum of WᵀW is 3 or more: the iteration could then
+    converge to a different orthogonal matrix), when the error stops shrinking (W nearly singular), or after
+    ``max_iter`` steps. On CUDA the iteration runs in float64, so TF32 matmul settings cannot touch it.
+    """
+    torch = _torch()
+    X = W.double() if W.is_cuda else W
+    eye = torch.eye(W.shape[0], dtype=X.dtype, device=W.device)
+    prev, floor = math.inf, 2e-7 * W.shape[0]  # about where fp32 rounding leaves ||XᵀX − I||_F
+    for it in range(max_iter):
+        A = X.T @ X
+        # The iteration converges to the polar factor when every singular value is in (0, √3); beyond √3 it
+        # can converge to another orthogonal matrix. σ_max² = ||XᵀX||_2 ≤ its largest absolute row sum.
+        if it == 0 and not float(A.abs().sum(1).max()) < 3.0:
+            break
+        err = float(torch.linalg.matrix_norm(A - eye))
+        if not err < prev:  # not converging (NaN included)
+            break
+        X = X @ (1.5 * eye - 0.5 * A)
+        if 0.75 * err * err + 0.25 * err ** 3 <= floor:
+            return X.to(W.dtype)
+        prev = err
+    U, _, Vh = torch.linalg.svd(W)
+    return U @ Vh
+
+
 def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, progress, ckpt, resume_blob):
     torch = _torch()
     from tqdm.auto import tqdm
@@ -619,8 +652,7 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                 opt.step()
                 t3 = time.perf_counter()
                 with torch.no_grad():
-                    U, _, Vh = torch.linalg.svd(W)
-                    W.copy_(U @ Vh)
+                    W.copy_(project_orthogonal(W))
                 t4 = time.perf_counter()
                 with torch.no_grad():
                     for l in range(L):

@@ -232,6 +232,27 @@ def test_fit_deterministic_on_cpu(method):
     assert not all(np.array_equal(p, q) for p, q in zip(a.codebooks, c.codebooks))
 
 
+@pytest.mark.parametrize("d", [1, 7, 64, 300])
+def test_project_orthogonal_is_the_polar_factor(d):
+    # Newton-Schulz near orthogonal, the SVD elsewhere: either way U V^T of the float64 SVD, to fp32 accuracy.
+    from hermes.train import project_orthogonal
+
+    g = torch.Generator().manual_seed(d)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    cases = {"optimizer step": Q + 3e-4 * torch.sign(torch.randn(d, d, generator=g, dtype=torch.float64)),
+             "larger step": Q + 0.05 * torch.randn(d, d, generator=g, dtype=torch.float64) / d ** 0.5,
+             "far (SVD)": 3 * torch.randn(d, d, generator=g, dtype=torch.float64),
+             # singular values up to 1.9 > √3, where Newton-Schulz could land on another orthogonal matrix
+             "beyond sqrt(3)": Q @ torch.diag(torch.linspace(0.5, 1.9, d, dtype=torch.float64)) @ Q.T.flip(0),
+             "orthogonal": Q}
+    for name, W64 in cases.items():
+        U, _, Vh = torch.linalg.svd(W64)
+        X = project_orthogonal(W64.float())
+        assert X.dtype == torch.float32 and X.shape == (d, d)
+        assert (X.double() - U @ Vh).abs().max() < 3e-6, name
+        assert (X.T @ X - torch.eye(d)).abs().max() < 5e-6, name
+
+
 def test_fit_deterministic_on_real_data_with_threads(real_embeddings):
     # Batches large enough that torch runs the backward multi-threaded: the backward of advanced indexing
     # (h[i] with repeated pair indices) accumulated with atomics there, and two runs differed.
