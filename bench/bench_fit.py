@@ -170,7 +170,7 @@ def speed(args):
         st = m.train_stats
         print(f"  total {total:.1f} s, k-means init {st['init_s']:.1f} s, fused={m.fused}")
         for e in st["epochs"]:
-            parts = {k: e[f"{k}_s"] for k in ("data", "forward", "backward", "svd", "ema")}
+            parts = {k: e[f"{k}_s"] for k in ("data", "forward", "backward", "project", "ema")}
             tot = sum(parts.values())
             print(f"  epoch {e['epoch']}: {tot:.1f} s/epoch ({e['steps']} steps) = " +
                   ", ".join(f"{k} {v:.1f} s ({100 * v / tot:.0f}%)" for k, v in parts.items()) +

@@ -602,7 +602,7 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
         gen = _torch_gen(rng, dev)
         perm = rng.permutation(N)
         usage = [torch.zeros(K, dtype=torch.float64, device=dev) for K in levels]
-        tm = dict(data=0.0, forward=0.0, backward=0.0, svd=0.0, ema=0.0)
+        tm = dict(data=0.0, forward=0.0, backward=0.0, project=0.0, ema=0.0)
         sums = dict(loss=0.0, struct=0.0, quant=0.0, ortho=0.0, commit=0.0)
         last_res = None
         with tqdm(total=steps, desc=f"hermes epoch {epoch + 1}/{epochs}", disable=not progress or rank,
@@ -673,7 +673,7 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                 tm["data"] += t1 - t0
                 tm["forward"] += t2 - t1
                 tm["backward"] += t3 - t2
-                tm["svd"] += t4 - t3
+                tm["project"] += t4 - t3
                 tm["ema"] += t5 - t4
                 terms = dict(loss=loss, struct=l_struct, quant=l_quant, ortho=l_ortho, commit=commit)
                 vals = {k_: float(v.detach()) if hasattr(v, "detach") else float(v) for k_, v in terms.items()}
