@@ -396,13 +396,23 @@ def test_ray_label_batch_without_ray():
         label_batch({"embedding": x}, tiny_model(), column="vec")
 
 
-def test_ray_label_dataset():
+def test_ray_label_dataset(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is not installed (optional: pip install 'ray[data]')")
+    from conftest import child_env
+
     from hermes.ray import label_dataset
 
-    x = embeddings(50)
-    ds = ray.data.from_items([{"embedding": row, "id": i} for i, row in enumerate(x)])
-    rows = label_dataset(ds, tiny_model(), batch_size=16).take_all()
+    # Ray workers import from the driver's working directory first: from the repository root that is the
+    # uncompiled source tree. Start Ray elsewhere, with the workers importing the hermes this process uses.
+    monkeypatch.chdir(tmp_path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": child_env()["PYTHONPATH"]}})
+    try:
+        x = embeddings(50)
+        ds = ray.data.from_items([{"embedding": row, "id": i} for i, row in enumerate(x)])
+        rows = label_dataset(ds, tiny_model(), batch_size=16).take_all()
+    finally:
+        ray.shutdown()
     got = np.array([[r["c1"], r["c2"], r["c3"]] for r in sorted(rows, key=lambda r: r["id"])])
     np.testing.assert_array_equal(got, hermes.assign_codes(x, tiny_model()))
 
