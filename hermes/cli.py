@@ -53,6 +53,9 @@ def main():
       hermes label --model model.safetensors --out labels/ shards/
       hermes stats labels/ --embeddings emb.npy        # metrics and pool sizes per depth
       hermes mix labels/ --budget 100000 --out sample.parquet
+      hermes explore labels/ --texts docs.jsonl --text-field text --out buckets.html
+
+    hermes demo runs all of it on the bundled data.
     """
 
 
@@ -409,6 +412,53 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     click.echo(f"drew {unit}{idx.size:,} documents from {drawn:,} of {cols['size'].size:,} {depth_name(depth)} "
                f"buckets (stage1={stage1}, stage2={stage2}{', with replacement' if replace else ''}) -> {out}; "
                f"plan -> {plan}")
+
+
+# -------------------------------------------------------------------------------------- explore
+@main.command("explore", short_help="Write an HTML page showing what the buckets hold.")
+@click.argument("labels_paths", nargs=-1, required=True, metavar="LABELS...")
+@click.option("--texts", "-t", required=True, multiple=True,
+              help="Texts aligned with the labeled rows: .jsonl or .parquet (repeatable, read in order).")
+@click.option("--text-field", required=True, help="JSON key or parquet column holding the text.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="The HTML page to write.")
+@click.option("--plan", default=None, type=click.Path(dir_okay=False),
+              help="A `hermes mix` plan (.plan.parquet): stage-1 weights, targets and drawn counts as colour.")
+@click.option("--embeddings", "-e", multiple=True, help="Embeddings in the labels' row order (repeatable), for "
+              "each bucket's centroid cosine.")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet embeddings.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors embeddings.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sample texts.")
+@click.option("--title", default=None, help="Page title.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def explore_cmd(labels_paths, texts, text_field, out, plan, embeddings, column, tensor, seed, title, progress):
+    """Write one self-contained HTML page (no network, works from file://) showing the L1 -> L12 -> L123 tree
+    of LABELS... with sizes, distinctive terms, sample texts and a term search."""
+    from .explorer import explore
+
+    labels = labels_paths[0] if len(labels_paths) == 1 else list(labels_paths)
+    rep = explore(labels, list(texts), out, text_field=text_field, plan=plan,
+                  embeddings=list(embeddings) or None, column=column, tensor=tensor, seed=seed, title=title,
+                  progress=progress)
+    shown = ", ".join(f"{s:,} {'L' + ''.join(map(str, range(1, d + 2)))}" for d, s in enumerate(rep.shown))
+    click.echo(f"explored {rep.rows:,} documents ({shown} buckets on the page) in {rep.seconds:.1f} s -> {out} "
+               f"({rep.bytes / 2**20:.1f} MB)")
+    for note in rep.notes:
+        click.echo(f"note: {note}")
+
+
+# ----------------------------------------------------------------------------------------- demo
+@main.command(short_help="Run the main job on the bundled data: fit, label, stats, mix, explore.")
+@click.option("--out", "-o", default="hermes-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the model, labels, sample, plan and explorer page.")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="The bundled data directory (default: examples/data of the current directory or of the "
+                   "source checkout hermes runs from).")
+def demo(out, data):
+    """Fit, label, stats, mix and explore on the bundled 20k PyPI summaries, printing each command and its
+    output, then the explorer page's path."""
+    from .demo import run_demo
+
+    run_demo(out, data)
 
 
 # ----------------------------------------------------------------------------------------- info
