@@ -13,7 +13,7 @@ Bounded whatever the corpus size (the page of 230M documents is no larger than t
   counts merged in amortized batches), one sum vector per occupied bucket for the centroid cosine, and a
   seeded bottom-k sample (reservoir sampling: each document gets a key from a hash of its row and the seed;
   a bucket keeps its R lowest keys, a uniform sample without replacement) of R1 = 256 texts per L1 bucket and
-  R2 = 32 per L12 bucket. L123 buckets take their samples from their L12 parent's (a uniform sample of the
+  R2 = 16 per L12 bucket. L123 buckets take their samples from their L12 parent's (a uniform sample of the
   child too). Corpus term frequencies come from a uniform sample of at most ``corpus_docs`` documents;
 - the page holds at most ``max_children`` children per node (the rest become one "others" entry), a fixed
   number of samples per bucket, each cut to ``text_chars`` characters; if the page would still exceed
@@ -27,6 +27,7 @@ by a single sample text are ignored once the sample has 4 or more texts, and so 
 """
 from __future__ import annotations
 
+import heapq
 import html
 import json
 import math
@@ -43,11 +44,11 @@ from ._io import atomic_path
 
 __all__ = ["explore", "ExploreReport"]
 
-RESERVOIR = (256, 32)  # texts kept per bucket at depth 1 and 2 (samples and term statistics)
+RESERVOIR = (256, 16)  # texts kept per bucket at depth 1 and 2 (samples and term statistics)
 MAX_CHILDREN = (1024, 32, 8)  # L1 buckets on the page; children shown per L1 bucket; per L12 bucket
 SAMPLES = (8, 5, 2)  # sample texts shown per L1, L12, L123 bucket
 TERMS = (10, 8, 5)  # distinctive terms shown per L1, L12, L123 bucket
-KEEP_CHARS = 400  # characters of a text kept in memory
+KEEP_CHARS = 300  # characters of a text kept in memory
 TEXT_CHARS = 200  # characters of a sample text on the page (cut shorter if the page would exceed max_bytes)
 MAX_BYTES = 12 * 2 ** 20
 CORPUS_DOCS = 1_000_000  # documents whose terms give the corpus frequencies (all when N is at most this)
@@ -295,7 +296,9 @@ def _text_chunks(fn: str, paths: list, field: str, batch: int):
 
 
 def _tokens(text: str) -> set:
-    return {t for t in (m.lower() for m in _TOKEN.findall(text)) if 1 < len(t) <= 32 and t not in _STOP}
+    """The distinct terms of a text: lowercased words (letters first; digits, +, #, inner - and . allowed) of 2 to
+    32 characters, stopwords removed."""
+    return {t for t in _TOKEN.findall(text.lower()) if 1 < len(t) <= 32} - _STOP
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -426,15 +429,14 @@ def _terms(docs: list, k: int, df: Counter, scale: float, A: float, size: int, N
         tf.update(toks)
     floor = 2 if m >= 4 else 1
     scored = []
+    common, get = COMMON * N, df.get
     for t, c in tf.items():
         if c < floor:
             continue
-        f = max(df.get(t, 0) * scale, c * size / m, 1.0)
-        if f > COMMON * N:
-            continue
-        scored.append(((c / m) * math.log1p(A / f), t))
-    scored.sort(key=lambda st: (-st[0], st[1]))
-    return " ".join(t for _, t in scored[:k])
+        f = max(get(t, 0) * scale, c * size / m, 1.0)
+        if f <= common:
+            scored.append(((c / m) * math.log1p(A / f), t))
+    return " ".join(t for _, t in heapq.nsmallest(k, scored, key=lambda st: (-st[0], st[1])))
 
 
 def _histogram(n: np.ndarray) -> dict:
@@ -482,6 +484,7 @@ def _build(st: dict, text_chars: int) -> dict:
         return text_ix[s]
 
     nodes = [{"id": "", "d": 0, "n": N}]
+    tcache = st["terms"]
     root_ch, root_rest = _top_children(counts[0].ids, counts[0].n, MAX_CHILDREN[0])
     frontier = [(0, root_ch, root_rest)]
     shown = [0] * D
@@ -498,10 +501,15 @@ def _build(st: dict, text_chars: int) -> dict:
                 if k:
                     node["k"] = k
                 docs = _sample_docs(st, depth, bid)
+                ch2 = rest2 = None
+                if depth < D:
+                    ch2, rest2 = _top_children_of(st, depth + 1, bid)
                 if docs:
-                    node["t"] = _terms([st["tok"][r] for r in docs], TERMS[depth - 1], st["df"], st["df_scale"],
-                                       N / max(c.ids.size, 1), n, N)
                     store = res[depth - 1].texts if depth - 1 < len(res) else res[depth - 2].texts
+                    if (depth, bid) not in tcache:
+                        _cache_terms(st, depth, bid, n, docs, store, ch2 if depth == len(res) else None)
+                    if tcache[(depth, bid)]:
+                        node["t"] = tcache[(depth, bid)]
                     node["s"] = [text_id(r, store) for r in docs[:SAMPLES[depth - 1]]]
                     node["m"] = len(docs)
                 if depth <= len(sums) and sums[depth - 1] is not None and not sums[depth - 1].dropped:
@@ -516,7 +524,6 @@ def _build(st: dict, text_chars: int) -> dict:
                 idx.append(len(nodes) - 1)
                 shown[depth - 1] += 1
                 if depth < D:
-                    ch2, rest2 = _top_children_of(st, depth + 1, bid)
                     nxt.append((len(nodes) - 1, ch2, rest2))
             nodes[parent]["ch"] = idx
             if rest[0]:
@@ -537,6 +544,23 @@ def _build(st: dict, text_chars: int) -> dict:
     if plan:
         data["plan"] = {"depth": plan["depth"], **plan["meta"]}
     return data, shown
+
+
+def _cache_terms(st: dict, depth: int, bid: int, n: int, docs: list, store: dict, children) -> None:
+    """Terms of bucket bid into st["terms"], and of its shown children whose samples come from its sample
+    (the texts are tokenized once, and not kept)."""
+    counts, N, df, scale = st["counts"], st["N"], st["df"], st["df_scale"]
+    toks = {r: _tokens(store[r]) for r in docs}
+    A = N / max(counts[depth - 1].ids.size, 1)
+    st["terms"][(depth, bid)] = _terms([toks[r] for r in docs], TERMS[depth - 1], df, scale, A, n, N)
+    if children is None:
+        return
+    c = counts[depth]
+    A = N / max(c.ids.size, 1)
+    for child in children.tolist():
+        cdocs = _sample_docs(st, depth + 1, child)
+        size = int(c.n[np.searchsorted(c.ids, child)])
+        st["terms"][(depth + 1, child)] = _terms([toks[r] for r in cdocs], TERMS[depth], df, scale, A, size, N)
 
 
 def _plan_rest(by, rest_ids) -> dict:
@@ -719,13 +743,8 @@ def explore(labels, texts, out, *, text_field: str, plan=None, embeddings=None, 
         u, k = np.unique(par, return_counts=True)
         kids.append(dict(zip(u.tolist(), k.tolist())))
     plan_data = _read_plan(fn, plan, levels, model, counts) if plan is not None else None
-    tok = {}
-    for r in res:
-        for row, text in r.texts.items():
-            if row not in tok:
-                tok[row] = _tokens(text)
     st = {"levels": levels, "D": D, "N": N, "counts": counts, "sums": sums, "res": res, "plan": plan_data,
-          "groups": [r.groups() for r in res], "kids": kids, "tok": tok, "df": df,
+          "groups": [r.groups() for r in res], "kids": kids, "terms": {}, "df": df,
           "df_scale": N / max(df_docs, 1), "seed": int(seed),
           "title": title or f"hermes explore: {labels if isinstance(labels, (str, os.PathLike)) else files[0].parent}",
           "sources": {"labels": [str(f) for f in files], "texts": [str(p) for p in text_paths],
