@@ -146,8 +146,8 @@ def _torch_gen(rng: np.random.Generator, device):
 class _Assigner:
     """Nearest-centroid codes against fixed centroids C [K, d], built once per Lloyd iteration.
 
-    CPU: one torch GEMM per batch (scores x C^T) and hermes's argmin epilogue (``argmin_level_cpu``, the
-    kernel behind :func:`hermes.assign_codes`), with the centroid norms computed once, not per batch.
+    CPU: one torch GEMM per batch (scores x C^T) and hermes's argmax epilogue (``_C.argmax_levels``, the
+    epilogue behind :func:`hermes.assign_codes`), with the centroid norms computed once, not per batch.
     Other devices: :func:`hermes.assign_codes` on a 1-level model (its GEMM + fused argmin kernel).
     """
 
@@ -168,6 +168,8 @@ class _Assigner:
             self.cterm = np.ascontiguousarray(cterm.numpy(), dtype=np.float32)
             self.Ct = C.T.contiguous()
             self.nt = max(1, torch.get_num_threads())
+            self.tables = _C.Tables([self.K], _C.METRIC_L2 if metric == "l2" else _C.METRIC_COS, False, 0.0,
+                                    m=self.Ct, cterm=self.cterm)
         else:
             self.model = Model([C.detach().cpu().numpy()], metric=metric, normalize=False)
 
@@ -178,10 +180,9 @@ class _Assigner:
         torch = _torch()
         if xb.device.type != "cpu":
             return assign_codes(xb.contiguous(), self.model)[:, 0].long()
-        g = torch.mm(xb, self.Ct).numpy()
+        g = torch.mm(xb, self.Ct)
         codes = np.empty((g.shape[0], 1), dtype=np.int32)
-        self._C.argmin_level_cpu(g, 0, self.K, 0, METRICS[self.metric], None, self.cterm, [], None, codes,
-                                 self.nt)
+        self._C.argmax_levels(g, xb, self.tables, None, codes, nthreads=self.nt)
         return torch.from_numpy(codes[:, 0].astype(np.int64))
 
 
