@@ -148,7 +148,7 @@ class _Assigner:
 
     CPU: one torch GEMM per batch (scores x C^T) and hermes's argmax epilogue (``_C.argmax_levels``, the
     epilogue behind :func:`hermes.assign_codes`), with the centroid norms computed once, not per batch.
-    Other devices: :func:`hermes.assign_codes` on a 1-level model (its GEMM + fused argmin kernel).
+    Other devices: :func:`hermes.assign_codes` on a 1-level model (its GEMM + fused argmax kernels).
     """
 
     def __init__(self, C, metric: str):
@@ -326,7 +326,7 @@ def _check_init(fn, init, k, d):
 
 def kmeans(x, k: int, *, metric: str = "cos", iters: int = 10, init="k-means++", seed: int = 0,
            device=None, batch_size: int = _KMEANS_BATCH, init_size: int | None = None, progress: bool = False):
-    """Lloyd's k-means whose assignment step runs on hermes's kernels (one GEMM + the argmin epilogue of
+    """Lloyd's k-means whose assignment step runs on hermes's kernels (one GEMM + the argmax epilogue of
     :func:`hermes.assign_codes` per batch on the CPU; ``assign_codes`` on a 1-level model elsewhere).
 
     Args:

@@ -452,3 +452,54 @@ def test_bf16_screen_degenerate_scores(real_embeddings):
     np.testing.assert_array_equal(_duplicate_rows(np.eye(3, dtype=np.float32)), np.zeros(0, np.int32))
     with pytest.raises(ValueError, match=r"assign_codes: precision must be one of \('auto', 'fp32', 'bf16'\)"):
         hermes.assign_codes(x, model, precision="fp16")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_cuda_screen_equals_cpu_screen_on_same_g16(dtype, metric):
+    # One executor on two devices: the CUDA norms + split and screen + rescore kernels against the CPU executor
+    # fed the same cuBLAS bf16 GEMM output, bit for bit (norms, split, codes, rescored count); then the whole
+    # CUDA path (default precision, the screen) and precision='fp32' (the SIMT kernels) against the reference.
+    import torch
+
+    from hermes import assign as A
+    from hermes._backend import _C
+
+    dev = "cuda:0"
+    stream = torch.cuda.current_stream().cuda_stream
+    setting = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    for n, d, levels in [(1, 7, (5,)), (31, 37, (70, 5)), (257, 37, (130, 64, 5)), (2048, 1024, (256, 256, 256)),
+                         (33, 64, (5, 130, 70, 33))]:
+        model = make_model(d, levels, metric, "orthogonal")
+        L = model.L
+        xt = torch.from_numpy(unit_rows(n, d, seed=n) * 2.0).to(getattr(torch, dtype))
+        x32 = xt.float().numpy()
+        xc = xt.to(dev)
+        tab_c, M16_c = A._exec_tables(model, dev, True)
+        tab_h, _ = A._exec_tables(model, "cpu", True)
+        inv, xn, dxn = (torch.empty(n, device=dev) for _ in range(3))
+        x16 = None if dtype == "bfloat16" else torch.empty((n, d), dtype=torch.bfloat16, device=dev)
+        _C.norms_split(xc, tab_c, inv, x16, xn, dxn, stream=stream)
+        a = xc if x16 is None else x16
+        with A._exact_bf16_reduction(dev):
+            g16 = a @ M16_c
+        codes = torch.zeros((n, L), dtype=torch.int32, device=dev)
+        count = torch.zeros(1, dtype=torch.int64, device=dev)
+        _C.screen_rescore(g16, xc, tab_c, inv, xn, dxn, codes, count, stream=stream)
+        torch.cuda.synchronize()
+        inv_h, xn_h, dxn_h = (np.empty(n, np.float32) for _ in range(3))
+        x16_h = np.empty((n, d), np.int16)
+        _C.norms_split(x32, tab_h, inv_h, x16_h, xn_h, dxn_h, nthreads=2)
+        for got, want in ((inv, inv_h), (xn, xn_h), (dxn, dxn_h)):
+            np.testing.assert_array_equal(got.cpu().numpy().view(np.uint32), want.view(np.uint32))
+        np.testing.assert_array_equal(a.cpu().view(torch.int16).numpy(), x16_h)
+        codes_h, count_h = np.zeros((n, L), np.int32), np.zeros(1, np.int64)
+        _C.screen_rescore(g16.cpu().view(torch.int16).numpy(), x32, tab_h, inv_h, xn_h, dxn_h, codes_h, count_h,
+                          nthreads=2)
+        np.testing.assert_array_equal(codes.cpu().numpy(), codes_h)
+        assert int(count.cpu()[0]) == int(count_h[0])
+        for precision in ("auto", "fp32"):
+            check_codes(x32, model, hermes.assign_codes(xc, model, precision=precision))
+    # The setting the screen turns off for its GEMM is restored afterwards.
+    assert torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction == setting

@@ -104,10 +104,11 @@ void expect(const View& v, const std::string& fn, const char* name, std::vector<
             ("|" + dtypes + "|").find("|" + v.dtype + "|") != std::string::npos;
   for (int i = 0; ok && i < v.ndim; ++i) ok = dims[i] < 0 || dims[i] == v.shape[i];
   if (!ok) fail(fn, std::string(name) + " must be " + want + ", got " + v.describe());
-  if (v.ndim >= 1 && v.shape[v.ndim - 1] > 1 && v.stride[v.ndim - 1] != 1)
+  const bool empty = v.ndim >= 1 && (v.shape[0] == 0 || v.shape[v.ndim - 1] == 0);
+  if (!empty && v.ndim >= 1 && v.shape[v.ndim - 1] > 1 && v.stride[v.ndim - 1] != 1)
     fail(fn, std::string(name) + " must have dense rows (last stride 1), got strides (" + std::to_string(v.stride[0]) +
                  (v.ndim == 2 ? ", " + std::to_string(v.stride[1]) : std::string()) + ")");
-  if (v.ndim == 2 && v.shape[0] > 1 && (strided ? v.stride[0] < v.shape[1] : v.stride[0] != v.shape[1]))
+  if (!empty && v.ndim == 2 && v.shape[0] > 1 && (strided ? v.stride[0] < v.shape[1] : v.stride[0] != v.shape[1]))
     fail(fn, std::string(name) + " must be C-contiguous, got row stride " + std::to_string(v.stride[0]));
   if (out && !v.writeable) fail(fn, std::string(name) + " is read-only");
 }

@@ -28,6 +28,8 @@ constexpr int kGemmThreads = kThreadsX * kThreadsY;
 constexpr int kRowsPerNormBlock = 8;     // row kernels: one warp per row, 8 warps per block
 constexpr int kPadRows = kTileRows + 1;  // As row pitch: the transposed stores hit 16 distinct banks
 constexpr unsigned kFullMask = 0xffffffffu;
+// The tables are read in place from the kernel's parameter space (sm_70+): without __grid_constant__, taking
+// their address (const references into t.p[l]) would copy ~900 bytes per thread to local memory.
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -127,7 +129,7 @@ __global__ void gemm_argmax_kernel(const T* __restrict__ a,      // [N, d], row 
                                    int64_t n, int64_t d, int64_t lda,
                                    const float* __restrict__ b,  // [d, K], row stride ldb
                                    int64_t ldb,
-                                   core::LevelParams p,
+                                   const __grid_constant__ core::LevelParams p,
                                    const float* __restrict__ inv_s,  // [N] or nullptr
                                    int32_t* __restrict__ codes) {    // [N, L]
   __shared__ float As[kTileK][kPadRows];
@@ -204,7 +206,7 @@ __global__ void subtract_codeword_kernel(float* __restrict__ r,  // [N, d], row 
 // The fp32 argmax epilogue over a GEMM output g, levels [l0, l1): one warp per row, lanes over k, the (best,
 // index) merged by xor shuffles and lane 0's broadcast (NaN scores cannot make lanes disagree).
 __global__ void argmax_levels_kernel(const float* __restrict__ g,  // [N, ldg]: the columns of levels [l0, l1)
-                                     int64_t ldg, int64_t n, core::Tables t, int l0, int l1,
+                                     int64_t ldg, int64_t n, const __grid_constant__ core::Tables t, int l0, int l1,
                                      const float* __restrict__ inv_s,  // [N] or nullptr
                                      int32_t* __restrict__ codes) {    // [N, L]
   const int lane = threadIdx.x % core::kWarp;
@@ -263,7 +265,7 @@ template <typename T>
 __global__ void screen_rescore_kernel(const uint16_t* __restrict__ g16,  // [N, ldg] bf16 bits
                                       int64_t ldg,
                                       const T* __restrict__ x,           // [N, d], row stride ldx
-                                      int64_t n, int64_t ldx, core::Tables t,
+                                      int64_t n, int64_t ldx, const __grid_constant__ core::Tables t,
                                       const float* __restrict__ inv_s,     // [N]
                                       const float* __restrict__ x16_norm,  // [N]
                                       const float* __restrict__ dx_norm,   // [N]
