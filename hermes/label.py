@@ -38,6 +38,7 @@ from typing import Iterator
 import numpy as np
 
 from ._io import atomic_path, fsync_path, publish_mode
+from ._validate import check_int
 from .model import Model, load
 
 __all__ = ["label", "read_labels", "Labels", "read_embeddings", "open_shard", "label_columns", "LabelReport",
@@ -285,8 +286,8 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
         raise ValueError(f"{fn}: the inputs have different dimensions: " +
                          ", ".join(f"{s.path} d={s.d}" for s in shards))
     total = sum(s.n for s in shards)
-    if sample is not None and (not isinstance(sample, (int, np.integer)) or sample < 1):
-        raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
+    if sample is not None:
+        sample = check_int(fn, "sample", sample, 1)
     if sample is None or sample >= total:
         if len(shards) == 1 and shards[0].kind == "npy":
             return shards[0].x
@@ -490,9 +491,7 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
 
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
     device = _resolve_device(fn, device)
     paths = _expand_inputs(fn, inputs)
     names: dict[str, Path] = {}

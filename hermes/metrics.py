@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import buckets as _b
+from ._validate import check_int
 
 __all__ = ["entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity",
            "report", "format_report"]
@@ -146,12 +147,12 @@ def _queries(n: int, exact_max: int, sample: int, seed: int) -> np.ndarray:
 
 
 def _check_knn_args(n, k, exact_max, sample, batch, fn):
-    k = _b._check_int(k, fn, "k", lo=1)
+    k = check_int(fn, "k", k, lo=1)
     if n and k > n - 1:
         raise ValueError(f"{fn}: k={k} needs at least k + 1 = {k + 1} documents, got N={n}")
-    _b._check_int(exact_max, fn, "exact_max", lo=0)
-    _b._check_int(sample, fn, "sample", lo=1)
-    _b._check_int(batch, fn, "batch", lo=1)
+    check_int(fn, "exact_max", exact_max, lo=0)
+    check_int(fn, "sample", sample, lo=1)
+    check_int(fn, "batch", batch, lo=1)
     return k
 
 
@@ -257,7 +258,7 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
         x = _check_x(x, n, fn, "codes")
     if labels is not None:
         _check_labels(labels, n, fn, "codes")
-    small = _b._check_int(small, fn, "small", lo=0)
+    small = check_int(fn, "small", small, lo=0)
     nbr = q = None
     if x is not None and k is not None:
         k = _check_knn_args(n, k, exact_max, sample, batch, fn)
