@@ -171,7 +171,7 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
 def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
         column, tensor, progress):
     """Fit a model on embeddings INPUT... (.npy, .safetensors, parquet) and save it to --out."""
-    from .label import read_embeddings
+    from .readers import read_embeddings
 
     try:
         from . import train
@@ -276,7 +276,8 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
 def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, small, plot):
     """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
     from .buckets import format_table, summary_table
-    from .label import read_embeddings, read_labels
+    from .label import read_labels
+    from .readers import read_embeddings
     from .metrics import format_report, report
 
     if plot:
