@@ -24,7 +24,7 @@ def _npy_layout(path):
 
 
 class EmbeddingStream:
-    """Rows of one or more shards (opened by :func:`hermes.label.open_shard`), in order.
+    """Rows of one or more shards (opened by :func:`hermes.readers.open_shard`), in order.
 
     n: total rows; d: dimension. ``blocks(rows, keep=None)`` yields ``(row0, x)`` with x float32 ``[b, d]``
     (only the rows in the sorted global index array ``keep`` when given, then row0 is the position in

@@ -169,7 +169,7 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
 def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
         column, tensor, progress):
     """Fit a model on embeddings INPUT... (.npy, .safetensors, parquet) and save it to --out."""
-    from .label import read_embeddings
+    from .readers import read_embeddings
 
     try:
         from . import train
@@ -256,8 +256,9 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
     """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
     from ._stream import EmbeddingStream
     from .buckets import format_table, summary_table
-    from .label import _expand_inputs, open_shard, read_labels
+    from .label import read_labels
     from .metrics import format_report, report, report_streaming
+    from .readers import expand_inputs, open_shard
 
     if plot:
         _require_matplotlib()
@@ -267,7 +268,7 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
     note = ""
     if embeddings:
         shards = [open_shard(p, column=column, tensor=tensor, fn="hermes stats")
-                  for p in _expand_inputs("hermes stats", list(embeddings))]
+                  for p in expand_inputs("hermes stats", list(embeddings))]
         stream = EmbeddingStream(shards, fn="hermes stats")
         if stream.n != n:
             raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {stream.n:,} rows, the labels hold {n:,}")

@@ -1,11 +1,7 @@
 """Streaming labeling: embedding shards on disk -> one parquet file of codes and bucket ids per shard.
 
-Inputs are shards of ``[N, d]`` embeddings:
-
-- ``.npy``: memory-mapped, read batch by batch;
-- ``.safetensors``: one 2-d tensor, or the one named by ``tensor=`` (read by slices, bf16 included);
-- ``.parquet``: a ``list`` / ``large_list`` / ``fixed_size_list`` float column (``column=``), read in
-  record batches; each batch becomes a 2-d array through the flattened child values (no Python loop).
+Inputs are shards of ``[N, d]`` embeddings read by :mod:`hermes.readers` (``.npy``, ``.safetensors``,
+``.parquet``).
 
 For every input shard ``<stem>.<ext>`` :func:`label` writes ``out_dir/<stem>.parquet`` with the columns
 
@@ -33,12 +29,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ._io import atomic_path, fsync_path, publish_mode
 from .model import Model, load
+from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
 
 __all__ = ["label", "read_labels", "Labels", "read_embeddings", "open_shard", "label_columns", "LabelReport",
            "LABEL_FORMAT", "SUFFIXES"]
@@ -47,264 +43,10 @@ LABEL_FORMAT = "hermes-labels"
 LABEL_FORMAT_VERSION = 1
 META_KEY = b"hermes"
 MANIFEST = "manifest.json"
-SUFFIXES = (".npy", ".safetensors", ".parquet")
-DEFAULT_BATCH = 65536
-_FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
 
 
 def _on_batch_written(source: str, rows_done: int) -> None:
     """Test hook, called after each batch is written to a shard's temporary file (a no-op)."""
-
-
-# -------------------------------------------------------------------------------------- readers
-class _Shard:
-    """One input shard: ``n`` rows of dimension ``d``; ``batches(bs)`` yields (row0, float array [b, d])."""
-
-    kind = ""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.n = 0
-        self.d = 0
-        self.dtype = ""
-
-    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, n={self.n}, d={self.d}, dtype={self.dtype})"
-
-
-class _NpyShard(_Shard):
-    kind = "npy"
-
-    def __init__(self, fn: str, path: Path):
-        super().__init__(path)
-        try:
-            x = np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception as e:
-            raise ValueError(f"{fn}: {path} is not a readable .npy file (truncated or corrupted?): {e}") from None
-        if x.dtype.kind != "f":
-            raise ValueError(f"{fn}: {path} holds {x.dtype} values; embeddings must be float16/32/64")
-        if x.ndim != 2:
-            raise ValueError(f"{fn}: {path} holds a {x.ndim}-d array of shape {x.shape}; embeddings must be "
-                             f"2-d [N, d]")
-        self.x, (self.n, self.d), self.dtype = x, x.shape, str(x.dtype)
-
-    def batches(self, batch_size):
-        for lo in range(0, self.n, batch_size):
-            # A read-only view of the mapping: the consumers only read it (assign_codes converts or reads it
-            # in place; the CUDA pipeline copies it into pinned memory), so no extra copy of every batch.
-            yield lo, self.x[lo:lo + batch_size]
-
-    def close(self):
-        self.x = None
-
-
-class _SafetensorsShard(_Shard):
-    kind = "safetensors"
-    _DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-
-    def __init__(self, fn: str, path: Path, tensor: str | None):
-        super().__init__(path)
-        from safetensors import safe_open
-
-        try:
-            self.f = safe_open(str(path), framework="pt")
-            names = list(self.f.keys())
-        except Exception as e:
-            raise ValueError(f"{fn}: {path} is not a readable .safetensors file (truncated or corrupted?): "
-                             f"{e}") from None
-        if tensor is None:
-            two_d = [k for k in names if len(self.f.get_slice(k).get_shape()) == 2]
-            if len(two_d) != 1:
-                raise ValueError(f"{fn}: {path} holds {len(two_d)} 2-d tensors {two_d[:8]}; name the embeddings "
-                                 f"with tensor= (CLI: --tensor)")
-            tensor = two_d[0]
-        elif tensor not in names:
-            raise ValueError(f"{fn}: {path} has no tensor {tensor!r} (tensors: {names[:8]})")
-        self.slice = self.f.get_slice(tensor)
-        shape, dt = self.slice.get_shape(), self.slice.get_dtype()
-        if dt not in self._DTYPES:
-            raise ValueError(f"{fn}: {path}: tensor {tensor!r} has dtype {dt}; embeddings must be F16, BF16, F32 "
-                             f"or F64")
-        if len(shape) != 2:
-            raise ValueError(f"{fn}: {path}: tensor {tensor!r} has shape {shape}; embeddings must be 2-d [N, d]")
-        (self.n, self.d), self.dtype, self.tensor = shape, self._DTYPES[dt], tensor
-
-    def batches(self, batch_size):
-        import torch
-
-        for lo in range(0, self.n, batch_size):
-            t = self.slice[lo:lo + batch_size]
-            yield lo, (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-
-    def close(self):
-        self.slice = self.f = None
-
-
-def _list_to_matrix(fn: str, arr, where: str, row0: int, d_expected: int | None = None) -> np.ndarray:
-    """A pyarrow list / fixed-size-list array of floats -> numpy [n, d], via the flattened values.
-
-    ``row0`` is the shard row of ``arr[0]`` (for messages); ``d_expected`` the dimension every row must have.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    n = len(arr)
-    if arr.null_count:
-        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{fn}: {where}: row {row0 + row} is null")
-    if pa.types.is_fixed_size_list(arr.type):
-        d = arr.type.list_size
-    else:
-        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        d = d_expected if d_expected is not None else (int(lengths[0]) if n else 0)
-        if n and (lengths != d).any():
-            row = int(np.flatnonzero(lengths != d)[0])
-            raise ValueError(f"{fn}: {where}: row {row0 + row} has {lengths[row]} values, row 0 has {d}; "
-                             f"every embedding must have the same dimension")
-    values = arr.flatten()
-    if values.null_count:
-        bad = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{fn}: {where}: row {row0 + bad // max(d, 1)} contains a null value")
-    m = values.to_numpy(zero_copy_only=False).reshape(n, d)
-    return m if m.flags.writeable else m.copy()  # arrow memory is read-only, which torch.from_numpy warns about
-
-
-class _ParquetShard(_Shard):
-    kind = "parquet"
-
-    def __init__(self, fn: str, path: Path, column: str):
-        super().__init__(path)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.fn, self.column = fn, column
-        try:
-            self.pf = pq.ParquetFile(path)
-            schema = self.pf.schema_arrow
-        except Exception as e:
-            raise ValueError(f"{fn}: {path} is not a readable parquet file (truncated or corrupted?): {e}") from None
-        if column not in schema.names:
-            raise ValueError(f"{fn}: {path} has no column {column!r} (columns: {schema.names[:12]}); "
-                             f"set column= (CLI: --column)")
-        t = schema.field(column).type
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
-                or not pa.types.is_floating(t.value_type):
-            raise ValueError(f"{fn}: {path}: column {column!r} has type {t}; embeddings must be a list or "
-                             f"fixed-size list of floats")
-        self.n, self.dtype = self.pf.metadata.num_rows, str(t.value_type).replace("halffloat", "float16")
-        self.dtype = {"float": "float32", "double": "float64"}.get(self.dtype, self.dtype)
-        if pa.types.is_fixed_size_list(t):
-            self.d = t.list_size
-        elif self.n:
-            first = next(self.pf.iter_batches(batch_size=1, columns=[column]))
-            self.d = _list_to_matrix(fn, first.column(0), f"{path}, column {column!r}", 0).shape[1]
-
-    def batches(self, batch_size):
-        lo = 0
-        where = f"{self.path}, column {self.column!r}"
-        try:
-            for rb in self.pf.iter_batches(batch_size=batch_size, columns=[self.column]):
-                x = _list_to_matrix(self.fn, rb.column(0), where, lo, self.d)
-                yield lo, x
-                lo += x.shape[0]
-        except (OSError, ValueError) as e:
-            if str(e).startswith(f"{self.fn}:"):
-                raise
-            raise ValueError(f"{self.fn}: {self.path} could not be read near row {lo} (corrupted?): {e}") from None
-        if lo != self.n:
-            raise ValueError(f"{self.fn}: {self.path} yielded {lo} rows, its footer says {self.n} (corrupted?)")
-
-    def close(self):
-        self.pf = None
-
-
-def open_shard(path, *, column: str = "embedding", tensor: str | None = None, fn: str = "open_shard") -> _Shard:
-    """Opens one embedding shard for streaming (nothing is read but headers and footers).
-
-    Args:
-        path: a ``.npy``, ``.safetensors`` or ``.parquet`` file.
-        column: the parquet column holding the embeddings (list or fixed-size list of floats).
-        tensor: the safetensors tensor name (default: the file's only 2-d tensor).
-
-    Returns:
-        a shard with ``n``, ``d``, ``dtype``, ``path`` and ``batches(batch_size)`` yielding
-        ``(row0, float array [b, d])``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{fn}: no such file: {path}")
-    ext = path.suffix.lower()
-    if ext == ".npy":
-        return _NpyShard(fn, path)
-    if ext == ".safetensors":
-        return _SafetensorsShard(fn, path, tensor)
-    if ext == ".parquet":
-        return _ParquetShard(fn, path, column)
-    raise ValueError(f"{fn}: {path} has an unsupported extension {ext!r}; use one of {', '.join(SUFFIXES)}")
-
-
-def _expand_inputs(fn: str, inputs) -> list[Path]:
-    """Paths from a path, a list of paths, or directories (their supported files, sorted)."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    out = []
-    for p in inputs:
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES and not q.name.startswith("."))
-            if not found:
-                raise ValueError(f"{fn}: directory {p} holds no {'/'.join(SUFFIXES)} files")
-            out += found
-        elif not p.exists():
-            raise FileNotFoundError(f"{fn}: no such file: {p}")
-        else:
-            out.append(p)
-    if not out:
-        raise ValueError(f"{fn}: no input shards given")
-    return out
-
-
-def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = None, sample: int | None = None,
-                    seed: int = 0, batch_size: int = DEFAULT_BATCH, fn: str = "read_embeddings") -> np.ndarray:
-    """Reads shards into one ``[N, d]`` array (float16 kept, bf16/float64 as float32), or ``sample`` random rows.
-
-    With ``sample`` (< total rows), a uniform sample without replacement is read batch by batch, in shard
-    order (memory bounded by the sample). A single ``.npy`` shard read whole is returned memory-mapped.
-    """
-    shards = [open_shard(p, column=column, tensor=tensor, fn=fn) for p in _expand_inputs(fn, inputs)]
-    d = {s.d for s in shards}
-    if len(d) > 1:
-        raise ValueError(f"{fn}: the inputs have different dimensions: " +
-                         ", ".join(f"{s.path} d={s.d}" for s in shards))
-    total = sum(s.n for s in shards)
-    if sample is not None and (not isinstance(sample, (int, np.integer)) or sample < 1):
-        raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
-    if sample is None or sample >= total:
-        if len(shards) == 1 and shards[0].kind == "npy":
-            return shards[0].x
-        parts = [b for s in shards for _, b in s.batches(batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, d.pop() if d else 0), np.float32)
-    keep = np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
-    parts, base = [], 0
-    for s in shards:
-        mine = keep[(keep >= base) & (keep < base + s.n)] - base
-        if s.kind == "npy":
-            parts.append(np.asarray(s.x[mine]))
-        elif mine.size:
-            for lo, b in s.batches(batch_size):
-                sel = mine[(mine >= lo) & (mine < lo + b.shape[0])] - lo
-                if sel.size:
-                    parts.append(b[sel])
-        base += s.n
-    return np.concatenate(parts)
 
 
 # --------------------------------------------------------------------------------------- output
@@ -494,7 +236,7 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
         raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)
     device = _resolve_device(fn, device)
-    paths = _expand_inputs(fn, inputs)
+    paths = expand_inputs(fn, inputs)
     names: dict[str, Path] = {}
     for p in paths:
         name = p.stem + ".parquet"
@@ -516,8 +258,8 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     report = LabelReport(out_dir=out_dir, manifest={})
     entries, todo = [], []
     for s in shards:
-        out = out_dir / (s.path.stem + ".parquet")
-        entry = {"source": str(s.path.resolve()), "output": out.name, "rows": int(s.n)}
+        out = out_dir / (s.stem + ".parquet")
+        entry = {"source": s.source, "output": out.name, "rows": int(s.n)}
         entries.append(entry)
         meta, rows = _read_meta(out) if out.exists() else (None, -1)
         if meta is not None and not overwrite:
@@ -541,9 +283,9 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     with tqdm(total=total, initial=done_rows, unit="rows", unit_scale=True, desc="label", disable=not progress,
               dynamic_ncols=True) as bar:
         for s, out, entry in todo:
-            bar.set_postfix_str(s.path.name, refresh=False)
+            bar.set_postfix_str(s.name, refresh=False)
             meta = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
-                    "source": entry["source"], "shard": s.path.name, "kind": s.kind, "rows": int(s.n),
+                    "source": entry["source"], "shard": s.name, "kind": s.kind, "rows": int(s.n),
                     "column": column if s.kind == "parquet" else None,
                     "tensor": getattr(s, "tensor", None)}
             _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
@@ -572,7 +314,7 @@ def _merge_manifest(out_dir: Path, fp: str, entries: list) -> list:
     return old + entries
 
 
-def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
+def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
                  compression: str, bar) -> None:
     """Labels one shard into a hidden temporary file in out's directory, then renames it to ``out``."""
     import pyarrow as pa

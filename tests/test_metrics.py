@@ -176,7 +176,7 @@ def _stream(tmp_path, parts, kinds):
     import pyarrow.parquet as pq
 
     from hermes._stream import EmbeddingStream
-    from hermes.label import open_shard
+    from hermes.readers import open_shard
 
     shards = []
     for i, (xp, kind) in enumerate(zip(parts, kinds)):
