@@ -15,6 +15,8 @@ import click
 import numpy as np
 
 from ._version import __version__
+from ._io import IMAGE_SUFFIXES, Output, check_outputs, owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, \
+    owns_image
 from ._io import atomic_path as _atomic_path
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
@@ -177,6 +179,7 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
         raise click.ClickException(f"hermes.train is not available in this build ({e})") from None
     if resume and not checkpoint_dir:
         raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
+    _check_fit_outputs(list(inputs), out, checkpoint_dir)
     t0 = time.perf_counter()
     x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
@@ -190,6 +193,32 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
     model.save(out)
     click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
+
+
+def _input_files(inputs) -> list:
+    """(what, path) for every input argument and, for a directory, every shard file in it."""
+    from .label import SUFFIXES
+
+    out = []
+    for p in map(Path, inputs):
+        out.append(("the input", p))
+        if p.is_dir():
+            out += [("the input", q) for q in sorted(p.iterdir()) if q.suffix.lower() in SUFFIXES]
+    return out
+
+
+def _check_fit_outputs(inputs, out, checkpoint_dir) -> None:
+    from .model import FORMAT
+
+    outputs = [Output("--out", out, owns_hermes_safetensors(FORMAT), kind="a hermes model")]
+    if checkpoint_dir:
+        outputs.append(Output("--checkpoint-dir", checkpoint_dir, is_dir=True))
+    check_outputs("hermes fit", outputs, _input_files(inputs))
+    if checkpoint_dir:
+        for what, p in _input_files(inputs):
+            if Path(p).is_dir() and Path(p).resolve() == Path(checkpoint_dir).resolve():
+                raise ValueError(f"hermes fit: --checkpoint-dir {checkpoint_dir} is the input directory {p}; "
+                                 f"give checkpoints their own directory")
 
 
 # ---------------------------------------------------------------------------------------- label
@@ -261,8 +290,15 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
     from .readers import expand_inputs, open_shard
 
     if plot:
-        _require_matplotlib()
+        if Path(plot).suffix.lower() not in IMAGE_SUFFIXES:
+            raise click.BadParameter(f"{plot} must end in one of {', '.join(IMAGE_SUFFIXES)} (the image format)",
+                                     param_hint="--plot")
     lab = read_labels(list(labels_paths), fn="hermes stats")
+    if plot:
+        ins = _labels_inputs(labels_paths, lab) + [("the --embeddings", p) for _, p in _input_files(embeddings)] + \
+            [("the --labels file", classes_file)]
+        check_outputs("hermes stats", [Output("--plot", plot, owns_image, kind="an image")], ins)
+        _require_matplotlib()
     n = lab.codes.shape[0]
     classes = _per_row(lab, classes_file, classes_col, "labels")
     note = ""
@@ -295,6 +331,15 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
     if plot:
         _plot_sizes(lab, Path(plot))
         click.echo(f"plot -> {plot}")
+
+
+def _labels_inputs(labels_paths, lab) -> list:
+    """(what, path) for every LABELS argument, the labels files and manifests read, and their sources."""
+    from .label import MANIFEST
+
+    ins = [("the input LABELS", p) for p in labels_paths] + [("the labels file", f) for f in lab.files]
+    ins += [("the manifest", Path(p) / MANIFEST) for p in labels_paths if Path(p).is_dir()]
+    return ins + [("the labels' source", s) for s in lab.sources if s]
 
 
 def _require_matplotlib():
@@ -384,6 +429,14 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     if depth > lab.codes.shape[1]:
         raise click.BadParameter(f"the labels have {lab.codes.shape[1]} levels; depth {depth} is too deep",
                                  param_hint="--depth")
+    out = Path(out)
+    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
+    ins = _labels_inputs(labels_paths, lab) + [("the --quality file", quality_file), ("the --tokens file", tokens_file)]
+    if isinstance(stage1, str) and stage1 not in ("uniform", "proportional"):
+        ins.append(("the --stage1 file", stage1))
+    owns_plan = owns_csv_header("l1,bucket") if plan.suffix.lower() == ".csv" else owns_hermes_parquet("hermes-mix-plan")
+    check_outputs("hermes mix", [Output("--out", out, owns_hermes_parquet("hermes-mix"), kind="a hermes mix sample"),
+                                 Output("--plan", plan, owns_plan, kind="a hermes mix plan")], ins)
     quality = _per_row(lab, quality_file, quality_col, "quality")
     if quality is not None:
         quality = _check_finite_rows(lab, quality, "quality", quality_file or f"column {quality_col!r}")
@@ -413,8 +466,6 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     table = pa.table({"shard": shard_names, "row": lab.rows[idx], "bucket": bid,
                       "l1": lab.codes[idx, 0].astype(np.int64)})
     table = table.replace_schema_metadata({"hermes": json.dumps(meta)})
-    out = Path(out)
-    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
     cols = {k: np.asarray(v) for k, v in pl.items()}
     prefix = unpack(cols["bucket"], depth, lab.levels)
     pt = pa.table({"l1": cols.pop("l1"), "bucket": cols.pop("bucket"),
@@ -424,7 +475,8 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
 
         _atomic_path(plan, lambda tmp: pcsv.write_csv(pt, tmp))
     else:
-        _atomic_path(plan, lambda tmp: pq.write_table(pt.replace_schema_metadata({"hermes": json.dumps(meta)}), tmp))
+        _atomic_path(plan, lambda tmp: pq.write_table(pt.replace_schema_metadata(
+            {"hermes": json.dumps({**meta, "format": "hermes-mix-plan"})}), tmp))
     _atomic_path(out, lambda tmp: pq.write_table(table, tmp))
     drawn = int((cols["drawn"] > 0).sum())
     unit = f"{float(tokens[idx].sum()):,.0f} tokens in " if tokens is not None else ""
