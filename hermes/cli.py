@@ -15,6 +15,8 @@ import click
 import numpy as np
 
 from ._version import __version__
+from ._io import IMAGE_SUFFIXES, Output, check_outputs, owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, \
+    owns_image
 from ._io import atomic_path as _atomic_path
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
@@ -177,6 +179,7 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
         raise click.ClickException(f"hermes.train is not available in this build ({e})") from None
     if resume and not checkpoint_dir:
         raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
+    _check_fit_outputs(list(inputs), out, checkpoint_dir)
     t0 = time.perf_counter()
     x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
@@ -190,6 +193,32 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
     model.save(out)
     click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
+
+
+def _input_files(inputs) -> list:
+    """(what, path) for every input argument and, for a directory, every shard file in it."""
+    from .label import SUFFIXES
+
+    out = []
+    for p in map(Path, inputs):
+        out.append(("the input", p))
+        if p.is_dir():
+            out += [("the input", q) for q in sorted(p.iterdir()) if q.suffix.lower() in SUFFIXES]
+    return out
+
+
+def _check_fit_outputs(inputs, out, checkpoint_dir) -> None:
+    from .model import FORMAT
+
+    outputs = [Output("--out", out, owns_hermes_safetensors(FORMAT), kind="a hermes model")]
+    if checkpoint_dir:
+        outputs.append(Output("--checkpoint-dir", checkpoint_dir, is_dir=True))
+    check_outputs("hermes fit", outputs, _input_files(inputs))
+    if checkpoint_dir:
+        for what, p in _input_files(inputs):
+            if Path(p).is_dir() and Path(p).resolve() == Path(checkpoint_dir).resolve():
+                raise ValueError(f"hermes fit: --checkpoint-dir {checkpoint_dir} is the input directory {p}; "
+                                 f"give checkpoints their own directory")
 
 
 # ---------------------------------------------------------------------------------------- label
@@ -238,42 +267,79 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
 @click.option("--labels-col", "classes_col", default=None, help="Column/key of --labels, or alone: a column of "
               "the labels files or of their parquet sources.")
 @click.option("--k", type=click.IntRange(min=0), default=10, show_default=True, help="Recall@k (0: skip it).")
-@click.option("--queries", type=click.IntRange(min=1), default=10000, show_default=True,
-              help="Recall@k query documents (all when N is at most this).")
+@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Recall@k query documents, drawn with --seed and searched against all scored documents (all "
+              "documents are queries when there are at most this many).")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Score centroid cosine and Recall@k on this many documents drawn with --seed (default: all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query and document samples.")
+@click.option("--memory", "memory_mb", type=click.IntRange(min=16), default=256, show_default=True,
+              help="MiB for per-bucket sums; more buckets than fit are summed in further passes over the rows.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--small", type=click.IntRange(min=0), default=30, show_default=True,
               help="share_below counts buckets with fewer documents than this.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw bucket-size distributions per depth to this image (needs matplotlib).")
-def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, small, plot):
+def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, sample, seed, memory_mb,
+          progress, small, plot):
     """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
+    from ._stream import EmbeddingStream
     from .buckets import format_table, summary_table
     from .label import read_labels
-    from .readers import read_embeddings
-    from .metrics import format_report, report
+    from .metrics import format_report, report, report_streaming
+    from .readers import expand_inputs, open_shard
 
     if plot:
-        _require_matplotlib()
+        if Path(plot).suffix.lower() not in IMAGE_SUFFIXES:
+            raise click.BadParameter(f"{plot} must end in one of {', '.join(IMAGE_SUFFIXES)} (the image format)",
+                                     param_hint="--plot")
     lab = read_labels(list(labels_paths), fn="hermes stats")
+    if plot:
+        ins = _labels_inputs(labels_paths, lab) + [("the --embeddings", p) for _, p in _input_files(embeddings)] + \
+            [("the --labels file", classes_file)]
+        check_outputs("hermes stats", [Output("--plot", plot, owns_image, kind="an image")], ins)
+        _require_matplotlib()
     n = lab.codes.shape[0]
-    x = None
-    if embeddings:
-        x = read_embeddings(list(embeddings), column=column, tensor=tensor, fn="hermes stats")
-        if x.shape[0] != n:
-            raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {x.shape[0]:,} rows, the labels hold {n:,}")
-        if isinstance(x, np.memmap):
-            x = np.array(x)  # the metrics need every row in memory; a read-only map upsets torch.from_numpy
     classes = _per_row(lab, classes_file, classes_col, "labels")
-    rows = report(x, lab.codes, lab.levels, labels=classes, k=(k or None), small=small, exact_max=queries,
-                  sample=queries)
+    note = ""
+    if embeddings:
+        shards = [open_shard(p, column=column, tensor=tensor, fn="hermes stats")
+                  for p in expand_inputs("hermes stats", list(embeddings))]
+        stream = EmbeddingStream(shards, fn="hermes stats")
+        if stream.n != n:
+            raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {stream.n:,} rows, the labels hold {n:,}")
+        rows, info = report_streaming(stream, lab.codes, lab.levels, labels=classes, k=(k or None), queries=queries,
+                                      sample=sample, seed=seed, small=small, memory=memory_mb << 20,
+                                      progress=progress)
+        scored = (f"a sample of {info['n_scored']:,} documents (seed {seed})" if info["sampled"]
+                  else f"all {info['n_scored']:,} documents")
+        note = f"centroid_cosine over {scored}"
+        if k:
+            q = info["queries"]
+            note += (f"; recall_at_k (k={k}): {'every document' if q == info['n_scored'] else f'{q:,} seeded queries'}"
+                     f" searched against {scored}")
+    else:
+        rows = report(None, lab.codes, lab.levels, labels=classes, k=None, small=small)
     cols = [c for c in _METRIC_COLS if c in rows[0]]
     click.echo(f"{n:,} documents in {len(lab.files)} labels file(s), levels {','.join(map(str, lab.levels))}")
     click.echo(format_report(rows, cols))
+    if note:
+        click.echo(note)
     click.echo("")
     click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small})")
     click.echo(format_table(summary_table(lab.codes, lab.levels, small=small), _POOL_COLS))
     if plot:
         _plot_sizes(lab, Path(plot))
         click.echo(f"plot -> {plot}")
+
+
+def _labels_inputs(labels_paths, lab) -> list:
+    """(what, path) for every LABELS argument, the labels files and manifests read, and their sources."""
+    from .label import MANIFEST
+
+    ins = [("the input LABELS", p) for p in labels_paths] + [("the labels file", f) for f in lab.files]
+    ins += [("the manifest", Path(p) / MANIFEST) for p in labels_paths if Path(p).is_dir()]
+    return ins + [("the labels' source", s) for s in lab.sources if s]
 
 
 def _require_matplotlib():
@@ -363,6 +429,14 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     if depth > lab.codes.shape[1]:
         raise click.BadParameter(f"the labels have {lab.codes.shape[1]} levels; depth {depth} is too deep",
                                  param_hint="--depth")
+    out = Path(out)
+    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
+    ins = _labels_inputs(labels_paths, lab) + [("the --quality file", quality_file), ("the --tokens file", tokens_file)]
+    if isinstance(stage1, str) and stage1 not in ("uniform", "proportional"):
+        ins.append(("the --stage1 file", stage1))
+    owns_plan = owns_csv_header("l1,bucket") if plan.suffix.lower() == ".csv" else owns_hermes_parquet("hermes-mix-plan")
+    check_outputs("hermes mix", [Output("--out", out, owns_hermes_parquet("hermes-mix"), kind="a hermes mix sample"),
+                                 Output("--plan", plan, owns_plan, kind="a hermes mix plan")], ins)
     quality = _per_row(lab, quality_file, quality_col, "quality")
     if quality is not None:
         quality = _check_finite_rows(lab, quality, "quality", quality_file or f"column {quality_col!r}")
@@ -392,8 +466,6 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     table = pa.table({"shard": shard_names, "row": lab.rows[idx], "bucket": bid,
                       "l1": lab.codes[idx, 0].astype(np.int64)})
     table = table.replace_schema_metadata({"hermes": json.dumps(meta)})
-    out = Path(out)
-    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
     cols = {k: np.asarray(v) for k, v in pl.items()}
     prefix = unpack(cols["bucket"], depth, lab.levels)
     pt = pa.table({"l1": cols.pop("l1"), "bucket": cols.pop("bucket"),
@@ -403,7 +475,8 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
 
         _atomic_path(plan, lambda tmp: pcsv.write_csv(pt, tmp))
     else:
-        _atomic_path(plan, lambda tmp: pq.write_table(pt.replace_schema_metadata({"hermes": json.dumps(meta)}), tmp))
+        _atomic_path(plan, lambda tmp: pq.write_table(pt.replace_schema_metadata(
+            {"hermes": json.dumps({**meta, "format": "hermes-mix-plan"})}), tmp))
     _atomic_path(out, lambda tmp: pq.write_table(table, tmp))
     drawn = int((cols["drawn"] > 0).sum())
     unit = f"{float(tokens[idx].sum()):,.0f} tokens in " if tokens is not None else ""

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_path, fsync_path, publish_mode
+from ._validate import check_int
 from .model import Model, load
 from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
 
@@ -232,9 +233,7 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
 
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
     device = _resolve_device(fn, device)
     paths = expand_inputs(fn, inputs)
     names: dict[str, Path] = {}
@@ -244,34 +243,46 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
             raise ValueError(f"{fn}: inputs {names[name]} and {p} would both write {name}; give shards distinct "
                              f"stems or label them into different out_dirs")
         names[name] = p
+    out_dir = Path(out_dir)
+    _check_label_outputs(fn, inputs, paths, model_path, out_dir)
     shards = []
     for p in paths:  # open (and check) every shard before writing anything
         s = open_shard(p, column=column, tensor=tensor, fn=fn)
         if s.n and s.d != model.d:
             raise ValueError(f"{fn}: {p} has embeddings of dimension {s.d}, but the model expects d={model.d}")
         shards.append(s)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fp = model_fingerprint(model)
+    _check_other_labels(fn, out_dir, fp, set(names))
+    out_dir.mkdir(parents=True, exist_ok=True)
     model_meta = {"path": model_path, "fingerprint": fp, "d": model.d, "levels": list(model.levels),
                   "metric": model.metric, "normalize": model.normalize}
     report = LabelReport(out_dir=out_dir, manifest={})
     entries, todo = [], []
     for s in shards:
         out = out_dir / (s.stem + ".parquet")
-        entry = {"source": s.source, "output": out.name, "rows": int(s.n)}
-        entries.append(entry)
+        source = s.source
         meta, rows = _read_meta(out) if out.exists() else (None, -1)
+        known = meta.get("source_stat") == s.identity() and meta.get("source") == source if meta else False
+        src_fp = meta["source_fingerprint"] if known and meta.get("source_fingerprint") else s.fingerprint()
+        entry = {"source": source, "source_fingerprint": src_fp, "output": out.name, "rows": int(s.n)}
+        entries.append(entry)
         if meta is not None and not overwrite:
             if meta.get("model", {}).get("fingerprint") != fp:
                 raise ValueError(f"{fn}: {out} exists and was labeled by another model (fingerprint "
                                  f"{meta.get('model', {}).get('fingerprint')}, this model: {fp}); pass "
                                  f"overwrite=True (CLI: --overwrite) or use another out_dir")
-            if meta.get("format") == LABEL_FORMAT and rows == s.n == meta.get("rows"):
+            if meta.get("source_fingerprint") == src_fp and meta.get("format") == LABEL_FORMAT \
+                    and rows == s.n == meta.get("rows"):
                 report.skipped.append(out.name)
                 continue
-            warnings.warn(f"{fn}: {out} is incomplete or stale ({rows} rows, the source has {s.n}); relabeling",
-                          stacklevel=2)
+            if meta.get("source_fingerprint") and meta.get("source") != source:
+                raise ValueError(f"{fn}: {out} holds the labels of another input with the same name: "
+                                 f"{meta.get('source')} (content fingerprint {meta.get('source_fingerprint')}), "
+                                 f"not {s.source} ({src_fp}); pass overwrite=True (CLI: --overwrite) to relabel it "
+                                 f"from {s.source}, or use another out_dir")
+            warnings.warn(f"{fn}: {out} is stale: it holds labels of {meta.get('source')} as it was before "
+                          f"({rows} rows, content fingerprint {meta.get('source_fingerprint')}); the source now has "
+                          f"{s.n} rows, fingerprint {src_fp}; relabeling", stacklevel=2)
         elif out.exists() and not overwrite:  # our outputs appear complete or not at all: this is not ours
             raise ValueError(f"{fn}: {out} exists but is not a readable hermes labels file; remove it or pass "
                              f"overwrite=True (CLI: --overwrite)")
@@ -285,7 +296,8 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
         for s, out, entry in todo:
             bar.set_postfix_str(s.name, refresh=False)
             meta = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
-                    "source": entry["source"], "shard": s.name, "kind": s.kind, "rows": int(s.n),
+                    "source": entry["source"], "source_fingerprint": entry["source_fingerprint"],
+                    "source_stat": s.identity(), "shard": s.name, "kind": s.kind, "rows": int(s.n),
                     "column": column if s.kind == "parquet" else None,
                     "tensor": getattr(s, "tensor", None)}
             _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
@@ -293,7 +305,7 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
             report.rows_labeled += s.n
             s.close()
     manifest = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
-                "shards": _merge_manifest(out_dir, fp, entries), "rows": 0}
+                "shards": _scan_manifest(fn, out_dir, fp, entries), "rows": 0}
     manifest["rows"] = int(sum(e["rows"] for e in manifest["shards"]))
     _atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     report.manifest = manifest
@@ -301,16 +313,56 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     return report
 
 
-def _merge_manifest(out_dir: Path, fp: str, entries: list) -> list:
-    """This run's entries, after those of an earlier manifest (same model) whose outputs still exist."""
+def _check_label_outputs(fn: str, inputs, paths: list, model_path, out_dir: Path) -> None:
+    """Refuses an out_dir whose outputs would replace an input shard, the model, or a foreign manifest."""
+    from ._io import Output, check_outputs, owns_json_format
+
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    ins = [("the input shard", p) for p in paths] + [("the input", p) for p in given] + [("the model", model_path)]
+    outs = [Output("out_dir", out_dir, is_dir=True),
+            Output("manifest", out_dir / MANIFEST, owns_json_format(LABEL_FORMAT), kind="a hermes labels manifest")]
+    outs += [Output(f"output of {p.name}", out_dir / (p.stem + ".parquet"), lambda _: True) for p in paths]
+    check_outputs(fn, outs, ins)
+    for p in map(Path, given):
+        if p.is_dir() and out_dir.exists() and os.path.samefile(p, out_dir):
+            raise ValueError(f"{fn}: out_dir {out_dir} is the input directory {p}; the labels would be read back as "
+                             f"input shards: give the labels their own directory")
+
+
+def _check_other_labels(fn: str, out_dir: Path, fp: str, mine: set) -> None:
+    """Refuses an out_dir holding labels of another model that this run does not relabel (the manifest, which
+    lists every labels file of the directory, could not describe them)."""
+    if not out_dir.is_dir():
+        return
+    for f in sorted(out_dir.glob("*.parquet")):
+        if f.name.startswith(".") or f.name in mine:
+            continue
+        meta, _ = _read_meta(f)
+        if meta is not None and meta.get("format") == LABEL_FORMAT and meta.get("model", {}).get("fingerprint") != fp:
+            raise ValueError(f"{fn}: {out_dir} already holds {f.name}, labeled by another model (fingerprint "
+                             f"{meta.get('model', {}).get('fingerprint')}, this model: {fp}), which this run would "
+                             f"not relabel; use another out_dir or remove the other model's labels")
+
+
+def _scan_manifest(fn: str, out_dir: Path, fp: str, entries: list) -> list:
+    """The manifest's shards: every hermes labels file in out_dir, described by its own metadata. Files listed
+    by an earlier manifest come first in its order, then other labels files found (sorted), then this run's."""
     mine = {e["output"] for e in entries}
-    old = []
     try:
-        prev = json.loads((out_dir / MANIFEST).read_text())
-        if prev.get("model", {}).get("fingerprint") == fp:
-            old = [e for e in prev.get("shards", []) if e.get("output") not in mine and (out_dir / e["output"]).exists()]
+        prev = [e["output"] for e in json.loads((out_dir / MANIFEST).read_text()).get("shards", [])]
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        pass
+        prev = []
+    found = sorted(f.name for f in out_dir.glob("*.parquet") if not f.name.startswith("."))
+    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine]
+    old = []
+    for name in order:
+        meta, rows = _read_meta(out_dir / name)
+        if meta is None or meta.get("format") != LABEL_FORMAT:
+            continue  # not a labels file (read_labels never reads it: it follows the manifest)
+        if meta.get("model", {}).get("fingerprint") != fp:
+            raise ValueError(f"{fn}: {out_dir / name} was labeled by another model; the manifest cannot list it")
+        old.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
+                    "output": name, "rows": int(rows)})
     return old + entries
 
 
@@ -427,7 +479,8 @@ class Labels:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _label_files(fn: str, paths) -> list[Path]:
+def _label_files(fn: str, paths) -> list[tuple[Path, dict | None]]:
+    """(labels file, its manifest entry or None) for labels files and directories (manifest order, else sorted)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out = []
@@ -436,18 +489,23 @@ def _label_files(fn: str, paths) -> list[Path]:
             man = p / MANIFEST
             if man.is_file():
                 try:
-                    files = [p / e["output"] for e in json.loads(man.read_text())["shards"]]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{fn}: {man} is not a valid hermes manifest: {e!r}") from None
+                    doc = json.loads(man.read_text())
+                    if doc.get("format") != LABEL_FORMAT:
+                        raise ValueError(f"format is {doc.get('format')!r}, not {LABEL_FORMAT!r}")
+                    files = [(p / e["output"], e) for e in doc["shards"]]
+                    if any(Path(e["output"]).name != e["output"] for e in doc["shards"]):
+                        raise ValueError("an output names a file outside the directory")
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    raise ValueError(f"{fn}: {man} is not a valid hermes manifest: {e}") from None
             else:
-                files = sorted(q for q in p.glob("*.parquet") if not q.name.startswith("."))
+                files = [(q, None) for q in sorted(p.glob("*.parquet")) if not q.name.startswith(".")]
             if not files:
                 raise ValueError(f"{fn}: directory {p} holds no labels (.parquet) files")
             out += files
         elif not p.is_file():
             raise FileNotFoundError(f"{fn}: no such labels file or directory: {p}")
         else:
-            out.append(p)
+            out.append((p, None))
     if not out:
         raise ValueError(f"{fn}: no labels files given")
     return out
@@ -459,13 +517,19 @@ def read_labels(paths, *, fn: str = "read_labels") -> Labels:
 
     codes, rows, shard, files, sources, shard_names = [], [], [], [], [], []
     levels = model = None
-    for i, f in enumerate(_label_files(fn, paths)):
+    for i, (f, entry) in enumerate(_label_files(fn, paths)):
         if not f.is_file():
             raise FileNotFoundError(f"{fn}: {f} (listed in the manifest) does not exist")
-        meta, _ = _read_meta(f)
+        meta, nrows = _read_meta(f)
         if meta is None or meta.get("format") != LABEL_FORMAT:
             raise ValueError(f"{fn}: {f} is not a hermes labels file (no '{META_KEY.decode()}' schema metadata, "
                              f"or unreadable)")
+        if entry is not None and (entry.get("rows") != nrows or entry.get("source") != meta.get("source") or
+                                  entry.get("source_fingerprint") != meta.get("source_fingerprint")):
+            raise ValueError(f"{fn}: the manifest of {f.parent} says {f.name} holds {entry.get('rows')} rows of "
+                             f"{entry.get('source')} (fingerprint {entry.get('source_fingerprint')}), the file holds "
+                             f"{nrows} rows of {meta.get('source')} ({meta.get('source_fingerprint')}); rerun "
+                             f"hermes label into that directory to rewrite the manifest")
         lv = tuple(meta["model"]["levels"])
         if levels is None:
             levels, model = lv, meta["model"]

@@ -48,6 +48,22 @@ class Shard:
     def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def identity(self) -> list:
+        """[size, mtime_ns, inode] of the file: while it is unchanged, a recorded :meth:`fingerprint` holds."""
+        st = os.stat(self.path)
+        return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
+
+    def fingerprint(self) -> str:
+        """The content fingerprint the label writer records: SHA-256 of the file's bytes (32 hex digits), so a
+        rerun recognizes its inputs by content, never by file name."""
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while block := f.read(8 << 20):
+                h.update(block)
+        return h.hexdigest()[:32]
+
     def close(self) -> None:
         pass
 
