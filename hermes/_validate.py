@@ -75,3 +75,13 @@ def check_codes(fn: str, name: str, codes, levels, depth: int | None = None):
                 f"with {levels[level]} codewords"
             )
     return int(depth)
+
+
+def check_seed(fn: str, seed, *, generator_ok: bool = False):
+    """A seed: an integer >= 0 (bools and floats refused), or with generator_ok a numpy Generator."""
+    if generator_ok and isinstance(seed, np.random.Generator):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        what = "an integer >= 0" + (" or a numpy Generator" if generator_ok else "")
+        raise ValueError(f"{fn}: seed must be {what}, got {seed!r}")
+    return int(seed)

@@ -158,7 +158,7 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
               help="Assignment metric at each stage.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: fit's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Minibatch size (default: fit's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device for training (cpu, cuda, cuda:N).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
               help="Write a checkpoint per epoch here.")
@@ -298,6 +298,7 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
             raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {x.shape[0]:,} rows, the labels hold {n:,}")
         if isinstance(x, np.memmap):
             x = np.array(x)  # the metrics need every row in memory; a read-only map upsets torch.from_numpy
+        _check_finite_embeddings(x, embeddings, column, tensor)
     classes = _per_row(lab, classes_file, classes_col, "labels")
     rows = report(x, lab.codes, lab.levels, labels=classes, k=(k or None), small=small, exact_max=queries,
                   sample=queries)
@@ -319,6 +320,24 @@ def _labels_inputs(labels_paths, lab) -> list:
     ins = [("the input LABELS", p) for p in labels_paths] + [("the labels file", f) for f in lab.files]
     ins += [("the manifest", Path(p) / MANIFEST) for p in labels_paths if Path(p).is_dir()]
     return ins + [("the labels' source", s) for s in lab.sources if s]
+
+
+def _check_finite_embeddings(x: np.ndarray, embeddings, column, tensor) -> None:
+    """Raises naming the --embeddings file and its row for the first row holding NaN or Inf."""
+    from .readers import expand_inputs, open_shard
+
+    for lo in range(0, x.shape[0], 1 << 14):
+        bad = np.flatnonzero(~np.isfinite(x[lo:lo + (1 << 14)]).all(axis=1))
+        if bad.size:
+            row = lo + int(bad[0])
+            base = 0
+            for p in expand_inputs("hermes stats", list(embeddings)):
+                n = open_shard(p, column=column, tensor=tensor, fn="hermes stats").n
+                if row < base + n:
+                    raise ValueError(f"--embeddings: {p} row {row - base} contains NaN or Inf (row {row} of the "
+                                     f"{x.shape[0]:,} embeddings)")
+                base += n
+            raise ValueError(f"--embeddings: row {row} contains NaN or Inf")
 
 
 def _require_matplotlib():
@@ -388,7 +407,7 @@ def _parse_stage1(value: str):
 @click.option("--tokens", "tokens_file", default=None, help="Token counts per row (makes --budget a token budget).")
 @click.option("--tokens-col", default=None, help="Column of the token counts (as --quality-col).")
 @click.option("--replace", is_flag=True, help="Draw with replacement.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Drawn documents (parquet: shard, row, bucket, l1), in draw order.")
 @click.option("--plan", default=None, type=click.Path(dir_okay=False),

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import buckets as _b
+from ._validate import check_seed
 
 __all__ = ["STAGE2_RULES", "stage1_weights", "probabilities", "sample"]
 
@@ -377,6 +378,7 @@ def sample(codes, budget, *, levels=None, depth: int = 2, stage1="uniform", stag
     "tokens" (tokens drawn).
     """
     fn = "sample"
+    seed = check_seed(fn, seed, generator_ok=True)
     mix = _mixture(fn, codes, levels, depth, stage1, stage2, quality, p)
     by_tokens = tokens is not None
     budget = _check_budget(budget, by_tokens, fn)
