@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _backend
 from ._backend import _C
-from ._validate import check_codes, check_matrix, is_torch
+from ._validate import check_codes, check_int, check_matrix, is_torch
 from .model import METRICS, Model
 
 CPU_BATCH = 16384
@@ -353,9 +353,7 @@ def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=Non
 def _check_batch(fn, batch_size):
     if batch_size is None:
         return None
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int(fn, "batch_size", batch_size, 1)
 
 
 def transform(x, model: Model, *, batch_size: int | None = None):
@@ -444,9 +442,7 @@ def quantization_error(x, model: Model, *, depth: int | None = None, batch_size:
     fn = "quantization_error"
     model = _check_model(fn, model)
     check_matrix(fn, "x", x, model.d)
-    depth = model.L if depth is None else depth
-    if not isinstance(depth, (int, np.integer)) or not 1 <= depth <= model.L:
-        raise ValueError(f"{fn}: depth must be an integer in [1, {model.L}], got {depth!r}")
+    depth = check_int(fn, "depth", model.L if depth is None else depth, 1, model.L)
     bs = _check_batch(fn, batch_size) or CPU_BATCH
     N = x.shape[0]
     parts = []

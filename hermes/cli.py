@@ -267,18 +267,27 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
 @click.option("--labels-col", "classes_col", default=None, help="Column/key of --labels, or alone: a column of "
               "the labels files or of their parquet sources.")
 @click.option("--k", type=click.IntRange(min=0), default=10, show_default=True, help="Recall@k (0: skip it).")
-@click.option("--queries", type=click.IntRange(min=1), default=10000, show_default=True,
-              help="Recall@k query documents (all when N is at most this).")
+@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Recall@k query documents, drawn with --seed and searched against all scored documents (all "
+              "documents are queries when there are at most this many).")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Score centroid cosine and Recall@k on this many documents drawn with --seed (default: all).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the query and document samples.")
+@click.option("--memory", "memory_mb", type=click.IntRange(min=16), default=256, show_default=True,
+              help="MiB for per-bucket sums; more buckets than fit are summed in further passes over the rows.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--small", type=click.IntRange(min=0), default=30, show_default=True,
               help="share_below counts buckets with fewer documents than this.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw bucket-size distributions per depth to this image (needs matplotlib).")
-def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, small, plot):
+def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, sample, seed, memory_mb,
+          progress, small, plot):
     """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
+    from ._stream import EmbeddingStream
     from .buckets import format_table, summary_table
     from .label import read_labels
-    from .readers import read_embeddings
-    from .metrics import format_report, report
+    from .metrics import format_report, report, report_streaming
+    from .readers import expand_inputs, open_shard
 
     if plot:
         if Path(plot).suffix.lower() not in IMAGE_SUFFIXES:
@@ -291,20 +300,31 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
         check_outputs("hermes stats", [Output("--plot", plot, owns_image, kind="an image")], ins)
         _require_matplotlib()
     n = lab.codes.shape[0]
-    x = None
-    if embeddings:
-        x = read_embeddings(list(embeddings), column=column, tensor=tensor, fn="hermes stats")
-        if x.shape[0] != n:
-            raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {x.shape[0]:,} rows, the labels hold {n:,}")
-        if isinstance(x, np.memmap):
-            x = np.array(x)  # the metrics need every row in memory; a read-only map upsets torch.from_numpy
-        _check_finite_embeddings(x, embeddings, column, tensor)
     classes = _per_row(lab, classes_file, classes_col, "labels")
-    rows = report(x, lab.codes, lab.levels, labels=classes, k=(k or None), small=small, exact_max=queries,
-                  sample=queries)
+    note = ""
+    if embeddings:
+        shards = [open_shard(p, column=column, tensor=tensor, fn="hermes stats")
+                  for p in expand_inputs("hermes stats", list(embeddings))]
+        stream = EmbeddingStream(shards, fn="hermes stats")
+        if stream.n != n:
+            raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {stream.n:,} rows, the labels hold {n:,}")
+        rows, info = report_streaming(stream, lab.codes, lab.levels, labels=classes, k=(k or None), queries=queries,
+                                      sample=sample, seed=seed, small=small, memory=memory_mb << 20,
+                                      progress=progress)
+        scored = (f"a sample of {info['n_scored']:,} documents (seed {seed})" if info["sampled"]
+                  else f"all {info['n_scored']:,} documents")
+        note = f"centroid_cosine over {scored}"
+        if k:
+            q = info["queries"]
+            note += (f"; recall_at_k (k={k}): {'every document' if q == info['n_scored'] else f'{q:,} seeded queries'}"
+                     f" searched against {scored}")
+    else:
+        rows = report(None, lab.codes, lab.levels, labels=classes, k=None, small=small)
     cols = [c for c in _METRIC_COLS if c in rows[0]]
     click.echo(f"{n:,} documents in {len(lab.files)} labels file(s), levels {','.join(map(str, lab.levels))}")
     click.echo(format_report(rows, cols))
+    if note:
+        click.echo(note)
     click.echo("")
     click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small})")
     click.echo(format_table(summary_table(lab.codes, lab.levels, small=small), _POOL_COLS))
@@ -320,24 +340,6 @@ def _labels_inputs(labels_paths, lab) -> list:
     ins = [("the input LABELS", p) for p in labels_paths] + [("the labels file", f) for f in lab.files]
     ins += [("the manifest", Path(p) / MANIFEST) for p in labels_paths if Path(p).is_dir()]
     return ins + [("the labels' source", s) for s in lab.sources if s]
-
-
-def _check_finite_embeddings(x: np.ndarray, embeddings, column, tensor) -> None:
-    """Raises naming the --embeddings file and its row for the first row holding NaN or Inf."""
-    from .readers import expand_inputs, open_shard
-
-    for lo in range(0, x.shape[0], 1 << 14):
-        bad = np.flatnonzero(~np.isfinite(x[lo:lo + (1 << 14)]).all(axis=1))
-        if bad.size:
-            row = lo + int(bad[0])
-            base = 0
-            for p in expand_inputs("hermes stats", list(embeddings)):
-                n = open_shard(p, column=column, tensor=tensor, fn="hermes stats").n
-                if row < base + n:
-                    raise ValueError(f"--embeddings: {p} row {row - base} contains NaN or Inf (row {row} of the "
-                                     f"{x.shape[0]:,} embeddings)")
-                base += n
-            raise ValueError(f"--embeddings: row {row} contains NaN or Inf")
 
 
 def _require_matplotlib():

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_path, fsync_path, publish_mode
+from ._validate import check_int
 from .model import Model, load
 from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
 
@@ -233,9 +234,7 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
 
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
     compression = _check_compression(fn, compression)
     device = _resolve_device(fn, device)
     paths = expand_inputs(fn, inputs)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from . import buckets as _b
-from ._validate import check_seed
+from ._validate import check_int, check_seed
 
 __all__ = ["entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity",
            "report", "format_report"]
@@ -189,12 +189,12 @@ def _queries(n: int, exact_max: int, sample: int, seed: int) -> np.ndarray:
 
 
 def _check_knn_args(n, k, exact_max, sample, batch, fn):
-    k = _b._check_int(k, fn, "k", lo=1)
+    k = check_int(fn, "k", k, lo=1)
     if n and k > n - 1:
         raise ValueError(f"{fn}: k={k} needs at least k + 1 = {k + 1} documents, got N={n}")
-    _b._check_int(exact_max, fn, "exact_max", lo=0)
-    _b._check_int(sample, fn, "sample", lo=1)
-    _b._check_int(batch, fn, "batch", lo=1)
+    check_int(fn, "exact_max", exact_max, lo=0)
+    check_int(fn, "sample", sample, lo=1)
+    check_int(fn, "batch", batch, lo=1)
     return k
 
 
@@ -307,7 +307,7 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
         _check_finite_x(fn, x)
     if labels is not None:
         _check_labels(labels, n, fn, "codes")
-    small = _b._check_int(small, fn, "small", lo=0)
+    small = check_int(fn, "small", small, lo=0)
     nbr = q = None
     if x is not None and k is not None:
         k = _check_knn_args(n, k, exact_max, sample, batch, fn)
@@ -339,3 +339,180 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
 def format_report(rows, columns=None) -> str:
     """Plain-text table of ``report`` rows; columns: keys to show (default all)."""
     return _b.format_table(rows, columns)
+
+
+# ------------------------------------------------------------------------------------ corpus scale
+def _slots(codes: np.ndarray, levels, n_depths: int):
+    """Per depth: (row -> bucket index int64 [N], bucket sizes [B]) and the accumulator slots.
+
+    Only buckets with >= 2 documents need a running sum (a single document's cosine to its own direction is
+    1, or 0 for a zero row). Returns (inv list, sizes list, slot_of list: bucket -> global slot or -1, n_slots).
+    """
+    invs, sizes_l, slot_of, total = [], [], [], 0
+    for depth in range(1, n_depths + 1):
+        _, sizes, inv = _b._group(_b._pack(codes, depth, levels))
+        multi = sizes >= 2
+        s = np.full(sizes.size, -1, np.int64)
+        s[multi] = total + np.arange(int(multi.sum()))
+        total += int(multi.sum())
+        invs.append(inv)
+        sizes_l.append(sizes)
+        slot_of.append(s)
+    return invs, sizes_l, slot_of, total
+
+
+def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None = 10, queries: int = 1000,
+                     sample: int | None = None, seed: int = 0, small: int = 30, block: int = 16384,
+                     memory: int = 1 << 28, progress: bool = False) -> tuple:
+    """:func:`report` over embeddings read block by block: memory bounded, any N.
+
+    stream: a :class:`hermes._stream.EmbeddingStream` (or any object with ``n``, ``d``, ``blocks(rows, keep)``
+    yielding ``(row0, float32 [b, d])`` in row order, and ``take(sorted rows) -> float32 [q, d]``) whose rows
+    match ``codes`` [N, L] row for row.
+
+    - centroid_cosine: every depth's per-bucket sums of unit rows are accumulated in float64 slots while the
+      rows stream past (one slot of d doubles per bucket with >= 2 documents; single-document buckets add 1,
+      or 0 for a zero row); then sum_b ||S_b|| / N. When the slots exceed ``memory`` bytes, the buckets are
+      split into ranges and the rows stream once per range.
+    - recall_at_k: ``queries`` query documents drawn with ``np.random.default_rng(seed)`` (all when N <=
+      queries, as :func:`recall_at_k` with exact_max = sample = queries) are searched against all N rows,
+      block by block (float32 torch.mm + a running top-k), in the first pass.
+    - sample: when given (< N), centroid_cosine and recall_at_k are computed on that many documents drawn with
+      ``np.random.default_rng(seed)`` (the queries then come from the sample, searched against the sample);
+      entropy, pool sizes, nmi and purity always use all N.
+
+    Returns (rows as :func:`report`, info dict: n_scored, sampled, queries, passes, slots).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    fn = "report_streaming"
+    codes, levels = _b._check_codes(codes, levels, fn)
+    n, L = codes.shape
+    if stream.n != n:
+        raise ValueError(f"{fn}: the embeddings hold {stream.n:,} rows but codes has {n:,}; they must match")
+    block = check_int(fn, "block", block, lo=1)
+    check_int(fn, "memory", memory, lo=1)
+    check_seed(fn, seed)
+    keep = None
+    if sample is not None:
+        sample = check_int(fn, "sample", sample, lo=1)
+        if sample < n:
+            keep = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    rows = report(None, codes, levels, labels=labels, k=None, small=small)
+    sc = codes if keep is None else codes[keep]
+    m = sc.shape[0]
+    info = dict(n_scored=m, sampled=keep is not None, queries=0, passes=0, slots=0)
+    if k is not None:
+        k = _check_knn_args(m, k, queries, queries, 1, fn)
+    if m == 0:
+        for r in rows:
+            r["centroid_cosine"] = _NAN
+            if k is not None:
+                r["recall_at_k"] = _NAN
+        return rows, info
+    for depth in range(1, L + 1):
+        _b._radix(levels, depth, fn)
+    invs, sizes_l, slot_of, n_slots = _slots(sc, levels, L)
+    d = stream.d
+    per_pass = max(1, memory // (8 * max(d, 1)))
+    ranges = [(s, min(s + per_pass, n_slots)) for s in range(0, max(n_slots, 1), per_pass)]
+    totals = np.zeros(L)
+    order_key = _b._pack(sc, L, levels)
+    q = qv = best_v = best_i = None
+    if k is not None:
+        q = _queries(m, queries, queries, seed)
+        src = q if keep is None else keep[q]
+        qv = torch.from_numpy(_unit_rows_np(stream.take(src))[0])
+        best_v = torch.full((q.size, k), -float("inf"))
+        best_i = torch.zeros((q.size, k), dtype=torch.int64)
+        info["queries"] = int(q.size)
+    qchunk = max(1, (1 << 25) // block)
+    info.update(passes=len(ranges), slots=n_slots)
+    with tqdm(total=m * len(ranges), unit="rows", unit_scale=True, desc="stats", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for p, (s0, s1) in enumerate(ranges):
+            acc = np.zeros((s1 - s0, d))
+            for lo, x in stream.blocks(block, keep):
+                b = x.shape[0]
+                if p == 0:
+                    _check_finite_block(fn, stream, x, lo, keep)
+                u, norms = _unit_rows_np(x)
+                if p == 0:
+                    nz = norms > 0
+                    for depth in range(L):
+                        single = sizes_l[depth][invs[depth][lo:lo + b]] == 1
+                        totals[depth] += float((single & nz).sum())
+                    if k is not None:
+                        _search_block(qv, q, torch.from_numpy(u), lo, k, best_v, best_i, qchunk)
+                order = np.argsort(order_key[lo:lo + b], kind="stable")
+                us = u[order]
+                for depth in range(L):
+                    slot = slot_of[depth][invs[depth][lo:lo + b][order]]
+                    starts = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
+                    first = slot[starts]
+                    ok = (first >= s0) & (first < s1)
+                    if ok.any():
+                        sums = np.add.reduceat(us, starts, axis=0)
+                        acc[first[ok] - s0] += sums[ok]
+                bar.update(b)
+            norms_acc = np.linalg.norm(acc, axis=1)
+            for depth in range(L):
+                sl = slot_of[depth]
+                mine = sl[(sl >= s0) & (sl < s1)] - s0
+                totals[depth] += float(norms_acc[mine].sum())
+            del acc
+    recall = None
+    if k is not None:
+        ids_l = [inv for inv in invs]
+        recall = [float((ids[best_i.numpy()] == ids[q][:, None]).mean()) for ids in ids_l]
+    for depth, r in enumerate(rows):
+        r["centroid_cosine"] = float(totals[depth] / m)
+        if k is not None:
+            r["recall_at_k"] = recall[depth]
+    return rows, info
+
+
+def _unit_rows_np(x: np.ndarray) -> tuple:
+    """(unit rows float32 [b, d], a zero row stays zero; norms > 0 where the row is nonzero). Each row is first
+    divided by its largest |value|, so a finite row whose norm overflows float32 still normalizes correctly."""
+    peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
+    u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
+    norms = np.linalg.norm(u, axis=1)
+    np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
+    return u, norms
+
+
+def _check_finite_block(fn: str, stream, x: np.ndarray, lo: int, keep) -> None:
+    """Raises naming the shard file and row (else the global row) of the first row of a block with NaN or Inf."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if not bad.size:
+        return
+    row = int(lo + bad[0] if keep is None else keep[lo + bad[0]])
+    where = getattr(stream, "locate", None)
+    if where is not None:
+        path, local = where(row)
+        raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {row} of the embeddings)")
+    raise ValueError(f"{fn}: embeddings row {row} contains NaN or Inf")
+
+
+def _search_block(qv, q: np.ndarray, u, lo: int, k: int, best_v, best_i, qchunk: int) -> None:
+    """Merges block rows lo.. (unit float32 [b, d]) into each query's running top-k (self excluded)."""
+    import torch
+
+    b = u.shape[0]
+    a, e = np.searchsorted(q, [lo, lo + b])
+    with torch.no_grad():
+        for s in range(0, q.size, qchunk):
+            sim = torch.mm(qv[s:s + qchunk], u.T)
+            lo_q, hi_q = max(a, s), min(e, s + qchunk)
+            if lo_q < hi_q:  # queries inside this block: not their own neighbour
+                rr = torch.arange(lo_q - s, hi_q - s)
+                sim[rr, torch.from_numpy(q[lo_q:hi_q] - lo)] = -float("inf")
+            kk = min(k, b)
+            v, i = torch.topk(sim, kk, dim=1)
+            v = torch.cat([best_v[s:s + qchunk], v], 1)
+            i = torch.cat([best_i[s:s + qchunk], i + lo], 1)
+            top = torch.topk(v, k, dim=1)
+            best_v[s:s + qchunk] = top.values
+            best_i[s:s + qchunk] = torch.gather(i, 1, top.indices)

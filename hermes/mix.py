@@ -40,7 +40,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import buckets as _b
-from ._validate import check_seed
+from ._validate import check_int, check_seed
 
 __all__ = ["STAGE2_RULES", "stage1_weights", "probabilities", "sample"]
 
@@ -339,7 +339,7 @@ def _merge_order(group: np.ndarray, mass: np.ndarray, rng):
 
 def _check_budget(budget, by_tokens: bool, fn: str):
     if not by_tokens:
-        return _b._check_int(budget, fn, "budget", lo=0)
+        return check_int(fn, "budget", budget, lo=0)
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, numbers.Real) \
             or not math.isfinite(budget) or budget < 0:
         raise ValueError(f"{fn}: budget must be a finite number of tokens >= 0, got {budget!r}")

@@ -10,13 +10,33 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_path
-from ._validate import check_finite_array, describe, is_torch
+from ._validate import check_finite_array, check_metric, describe, is_torch
 
 FORMAT = "hermes-model"
 FORMAT_VERSION = 1
 MAX_LEVELS = 8
 MAX_CODEWORDS = 65536
 METRICS = {"l2": 0, "cos": 1}
+
+
+def codeword_term(C, metric: str):
+    """The per-codeword term of a stage's score: ``||c||^2`` (l2) or ``1 / ||c||`` (cos; 0 for a zero
+    codeword, which then never wins a cosine argmax).
+
+    With it, l2 assigns ``argmax_k 2 r.c_k - term_k`` (= argmin ||r - c_k||^2) and cos assigns
+    ``argmax_k (r.c_k) * term_k``. ``C`` is ``[K, d]`` numpy or torch; the result ``[K]`` has its type,
+    dtype and device. Used by the Model's kernel tables and by training, so both score alike.
+    """
+    n2 = (C * C).sum(1)
+    if metric == "l2":
+        return n2
+    if is_torch(C):
+        import torch
+
+        n = n2.sqrt()
+        return torch.where(n > 0, 1.0 / n.clamp_min(torch.finfo(n.dtype).tiny), torch.zeros_like(n))
+    n = np.sqrt(n2)
+    return np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
 
 
 def _as_f32(fn: str, name: str, a, ndim: int) -> np.ndarray:
@@ -97,8 +117,7 @@ class Model:
                 raise ValueError(f"{fn}: codebooks[{i}] has dimension {c.shape[1]}, codebooks[0] has {d}")
             if not 1 <= c.shape[0] <= MAX_CODEWORDS:
                 raise ValueError(f"{fn}: codebooks[{i}] has {c.shape[0]} codewords; 1 to {MAX_CODEWORDS} allowed")
-        if metric not in METRICS:
-            raise ValueError(f"{fn}: metric must be 'cos' or 'l2', got {metric!r}")
+        check_metric(fn, metric)
         if W is not None:
             W = _as_f32(fn, "W", W, 2)
             if W.shape != (d, d):
@@ -144,14 +163,7 @@ class Model:
         for K in self.levels:
             offsets.append(offsets[-1] + K)
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-        cterm = []
-        for c in C64:
-            n2 = (c * c).sum(1)
-            if self.metric == "l2":
-                cterm.append(f32(n2))
-            else:
-                n = np.sqrt(n2)
-                cterm.append(f32(np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)))
+        cterm = [f32(codeword_term(c, self.metric)) for c in C64]
         T = [[f32(C64[j] @ C64[l].T) for j in range(l)] if self.fused else [] for l in range(self.L)]
         t = _Tables(
             folded=self.fused, offsets=offsets,
