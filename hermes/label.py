@@ -24,6 +24,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -234,6 +235,7 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
     batch_size = check_int(fn, "batch_size", batch_size, 1)
+    compression = _check_compression(fn, compression)
     device = _resolve_device(fn, device)
     paths = expand_inputs(fn, inputs)
     names: dict[str, Path] = {}
@@ -311,6 +313,21 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     report.manifest = manifest
     report.seconds = time.perf_counter() - t0
     return report
+
+
+_CODECS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+
+
+def _check_compression(fn: str, compression) -> str:
+    """A parquet codec name this pyarrow build can write, checked before anything is written."""
+    import pyarrow as pa
+
+    name = compression.lower() if isinstance(compression, str) else None
+    if name not in _CODECS:
+        raise ValueError(f"{fn}: compression must be one of {', '.join(_CODECS)}, got {compression!r}")
+    if name != "none" and not pa.Codec.is_available(name):
+        raise ValueError(f"{fn}: compression {name!r} is not available in this pyarrow build")
+    return name
 
 
 def _check_label_outputs(fn: str, inputs, paths: list, model_path, out_dir: Path) -> None:
@@ -398,8 +415,9 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                 msg = str(e)
                 if msg.startswith(f"{fn}:"):
                     raise
-                if "NaN or Inf" in msg:  # assign_codes names the row within the batch
-                    raise ValueError(f"{fn}: {s.path}: row {_first_bad_row(msg, rows)} contains NaN or Inf") from None
+                m = _BAD_ROW.match(msg)
+                if m:  # assign_codes and the CUDA pipeline name the row within the batch
+                    raise ValueError(f"{fn}: {s.path}: row {rows + int(m.group(1))}{m.group(2)}") from None
                 raise ValueError(f"{fn}: {s.path}: {msg}") from None
             lo, codes = item
             writer.write_table(pa.Table.from_pydict(label_columns(codes, model.levels, lo), schema=schema))
@@ -424,12 +442,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
         raise
 
 
-def _first_bad_row(msg: str, row0: int) -> int:
-    """The shard row named by an assign_codes / pipeline NaN message ('... row R ...' within the batch)."""
-    import re
-
-    m = re.search(r"row (\d+)", msg)
-    return row0 + int(m.group(1)) if m else row0
+_BAD_ROW = re.compile(r"^(?:\w+: )?x row (\d+)( .*)$", re.S)  # a row-within-the-batch message
 
 
 # ----------------------------------------------------------------------------------- read labels

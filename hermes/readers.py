@@ -418,8 +418,12 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
         raise ValueError(f"{fn}: the inputs have different dimensions: " +
                          ", ".join(f"{s.path} d={s.d}" for s in shards))
     total = sum(s.n for s in shards)
-    if sample is not None and (not isinstance(sample, (int, np.integer)) or sample < 1):
+    if sample is not None and (not isinstance(sample, (int, np.integer)) or isinstance(sample, (bool, np.bool_))
+                               or sample < 1):
         raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
+    from ._validate import check_seed
+
+    seed = check_seed(fn, seed)
     if sample is None or sample >= total:
         if len(shards) == 1 and shards[0].kind == "npy":
             return shards[0].x
