@@ -250,6 +250,31 @@ def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overw
                f"{out}/manifest.json lists {n} shard(s), {rep.rows:,} rows")
 
 
+# -------------------------------------------------------------------------------------- convert
+@main.command(short_help="Rewrite embedding shards as .npy (the fastest format to label).")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet inputs.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors inputs (default: the only 2-d one).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Output dtype (default: the input's; bfloat16 and float64 become float32).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Rows per batch (bounds the memory).")
+@click.option("--overwrite", is_flag=True, help="Replace existing .npy outputs (never an input).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def convert(inputs, out, column, tensor, dtype, batch_size, overwrite, progress):
+    """Rewrite embedding shards INPUT... (parquet, safetensors, .npy; files or directories) as OUT/<stem>.npy.
+
+    hermes label memory-maps .npy shards (no decoding); a parquet list column is decoded value by value, several
+    times slower than labeling. Each output appears only when complete; inputs are never replaced.
+    """
+    from .convert import convert as run
+
+    rep = run(list(inputs), out, column=column, tensor=tensor, dtype=dtype, batch_size=batch_size,
+              overwrite=overwrite, progress=progress, fn="hermes convert")
+    click.echo(f"converted {len(rep.outputs)} shard(s) ({rep.rows:,} rows, {_rate(rep.rows, rep.seconds)}) -> {out}")
+
+
 # ---------------------------------------------------------------------------------------- stats
 _METRIC_COLS = ["name", "n_buckets", "entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity"]
 _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min", "p10", "median", "mean", "p90",
