@@ -362,25 +362,26 @@ def _check_other_labels(fn: str, out_dir: Path, fp: str, mine: set) -> None:
 
 
 def _scan_manifest(fn: str, out_dir: Path, fp: str, entries: list) -> list:
-    """The manifest's shards: every hermes labels file in out_dir, described by its own metadata. Files listed
-    by an earlier manifest come first in its order, then other labels files found (sorted), then this run's."""
-    mine = {e["output"] for e in entries}
+    """The manifest's shards: every hermes labels file in out_dir, each described by its own metadata (so the
+    manifest says exactly what the directory holds). Files listed by an earlier manifest come first in its
+    order, then other labels files found (sorted), then this run's shards in input order."""
+    mine = [e["output"] for e in entries]
     try:
         prev = [e["output"] for e in json.loads((out_dir / MANIFEST).read_text()).get("shards", [])]
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         prev = []
     found = sorted(f.name for f in out_dir.glob("*.parquet") if not f.name.startswith("."))
-    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine]
-    old = []
+    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine] + mine
+    out = []
     for name in order:
         meta, rows = _read_meta(out_dir / name)
         if meta is None or meta.get("format") != LABEL_FORMAT:
             continue  # not a labels file (read_labels never reads it: it follows the manifest)
         if meta.get("model", {}).get("fingerprint") != fp:
             raise ValueError(f"{fn}: {out_dir / name} was labeled by another model; the manifest cannot list it")
-        old.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
+        out.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
                     "output": name, "rows": int(rows)})
-    return old + entries
+    return out
 
 
 def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
