@@ -208,6 +208,7 @@ def kmeans(x, k: int, *, metric: str = "cos", iters: int = 10, init="k-means++",
     fn = "kmeans"
     torch = _torch()
     check_metric(fn, metric)
+    seed = check_int(fn, "seed", seed, 0)
     src = _Source(fn, x, device)
     src.check_all()
     k = check_int(fn, "k", k, 1)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path, fsync_path, publish_mode
+from ._io import atomic_path, fsync_path, publish_mode, user_os_error
 from ._validate import check_int
 from .model import Model, load
 from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
@@ -432,7 +432,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
         fsync_path(tmp)
         publish_mode(tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             try:
                 writer.close()
@@ -440,6 +440,9 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                 pass
         if os.path.exists(tmp):
             os.unlink(tmp)
+        err = user_os_error(e, out, tmp, only_tmp=True)
+        if err is not None:
+            raise err from None
         raise
 
 
