@@ -88,6 +88,11 @@ class EmbeddingStream:
                     yield out_row, x[mine[a:b] - lo]
                     out_row += b - a
 
+    def locate(self, row: int) -> tuple:
+        """(shard path, row within it) of global row ``row``."""
+        i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.shards[i].path, int(row - self.offsets[i])
+
     def take(self, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), d] for sorted global row indices (npy: direct reads; others: one pass)."""
         rows = np.asarray(rows, dtype=np.int64)

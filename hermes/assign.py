@@ -6,12 +6,13 @@ numpy in gives numpy out; a torch tensor in gives a torch tensor out on the same
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
 from . import _backend
 from ._backend import _C
-from ._validate import check_codes, check_matrix, is_torch
+from ._validate import check_codes, check_int, check_matrix, is_torch
 from .model import METRICS, Model
 
 CPU_BATCH = 16384
@@ -87,7 +88,17 @@ def _tensor(a: np.ndarray):
         return torch.from_numpy(a)
 
 
-def _raise_bad_row(fn: str, row: int):
+_BAD_ROW = re.compile(r"^\w+: x row (\d+)( .*)$", re.S)
+
+
+def _raise_bad_row(fn: str, row: int, x=None):
+    """Raises for row ``row`` of x: NaN or Inf, or (when x is given and the row is finite) a norm that overflows
+    float32, which the float32 kernels cannot normalize."""
+    if x is not None:
+        r = x[row].detach().double().cpu().numpy() if is_torch(x) else np.asarray(x[row], dtype=np.float64)
+        if np.isfinite(r).all():
+            raise ValueError(f"{fn}: x row {row} is finite but its norm ({np.linalg.norm(r):.3g}) overflows "
+                             f"float32 (largest |value| {np.abs(r).max():.3g}); scale the embeddings down")
     raise ValueError(f"{fn}: x row {row} contains NaN or Inf")
 
 
@@ -183,7 +194,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                 else:
                     bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
                 if bad >= 0:
-                    _raise_bad_row(fn, lo + bad)
+                    _raise_bad_row(fn, lo + bad, x)
                 if screen:
                     g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), st["M16"], out=g16_buf[:hi - lo])
                     rescored = _C.assign_screened_cpu(
@@ -197,7 +208,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                         o = t.offsets[l]
                         _C.argmin_level_cpu(g, o, K, l, metric, t.beta[o:o + K], t.cterm[l], t.T[l], inv_s, cb, nt)
             else:
-                r = _rotate_cpu(fn, xb, model, t, nt, lo)
+                r = _rotate_cpu(fn, xb, model, t, nt, lo, x)
                 rt = torch.from_numpy(r)
                 for l, K in enumerate(model.levels):
                     o = t.offsets[l]
@@ -209,7 +220,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
     return codes
 
 
-def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int) -> np.ndarray:
+def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int, x=None) -> np.ndarray:
     """h = normalize(x W^T + b) for one float32 batch [B, d] (a new array)."""
     import torch
 
@@ -219,7 +230,7 @@ def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int) -> np.n
         h = torch.addmm(torch.from_numpy(t.bias), _tensor(xb), torch.from_numpy(t.wt)).numpy()
     bad = _C.normalize_rows_cpu(h, model.normalize, nt)
     if bad >= 0:
-        _raise_bad_row(fn, row0 + bad)
+        _raise_bad_row(fn, row0 + bad, x)
     return h
 
 
@@ -237,12 +248,12 @@ def _cuda_ready(fn: str, x):
     return x, _DTYPE_CODE[str(x.dtype)], torch.cuda.current_stream(x.device).cuda_stream
 
 
-def _check_finite_cuda(fn: str, inv_s, row0: int = 0):
+def _check_finite_cuda(fn: str, inv_s, row0: int = 0, x=None):
     import torch
 
     bad = ~torch.isfinite(inv_s)
     if bool(bad.any()):  # one device sync per call
-        _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]))
+        _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]), x)
 
 
 def _rotate_cuda(x, dtype_code, n, ldx, model, t, stream, h, inv_s):
@@ -286,7 +297,7 @@ def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool):
                     if l + 1 < L:
                         _C.subtract_codeword_cuda(h.data_ptr(), n, d, d, t.C[l].data_ptr(), cp, L, l, stream)
         if check_finite:
-            _check_finite_cuda(fn, inv_s)
+            _check_finite_cuda(fn, inv_s, 0, x)
     return codes
 
 
@@ -342,9 +353,7 @@ def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=Non
 def _check_batch(fn, batch_size):
     if batch_size is None:
         return None
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int(fn, "batch_size", batch_size, 1)
 
 
 def transform(x, model: Model, *, batch_size: int | None = None):
@@ -372,7 +381,7 @@ def transform(x, model: Model, *, batch_size: int | None = None):
             inv_s = torch.empty((N,), dtype=torch.float32, device=x.device)
             if N:
                 _rotate_cuda(x, dt, N, x.stride(0), model, t, stream, h, inv_s)
-                _check_finite_cuda(fn, inv_s)
+                _check_finite_cuda(fn, inv_s, 0, x)
         return h
     t = model._host_tables()
     get, N = _cpu_source(fn, x)
@@ -380,7 +389,7 @@ def transform(x, model: Model, *, batch_size: int | None = None):
     nt = _nthreads()
     for lo in range(0, N, bs):
         hi = min(N, lo + bs)
-        out[lo:hi] = _rotate_cpu(fn, get(lo, hi), model, t, nt, lo)
+        out[lo:hi] = _rotate_cpu(fn, get(lo, hi), model, t, nt, lo, x)
     if is_torch(x):
         import torch
 
@@ -433,16 +442,20 @@ def quantization_error(x, model: Model, *, depth: int | None = None, batch_size:
     fn = "quantization_error"
     model = _check_model(fn, model)
     check_matrix(fn, "x", x, model.d)
-    depth = model.L if depth is None else depth
-    if not isinstance(depth, (int, np.integer)) or not 1 <= depth <= model.L:
-        raise ValueError(f"{fn}: depth must be an integer in [1, {model.L}], got {depth!r}")
+    depth = check_int(fn, "depth", model.L if depth is None else depth, 1, model.L)
     bs = _check_batch(fn, batch_size) or CPU_BATCH
     N = x.shape[0]
     parts = []
     for lo in range(0, max(N, 1), bs):
         xb = x[lo:lo + bs]
-        h = transform(xb, model)
-        rec = decode(assign_codes(xb, model), model, depth)
+        try:
+            h = transform(xb, model)
+            rec = decode(assign_codes(xb, model), model, depth)
+        except ValueError as e:  # name this function and the row of x, not of the batch
+            m = _BAD_ROW.match(str(e))
+            if not m:
+                raise
+            raise ValueError(f"{fn}: x row {lo + int(m.group(1))}{m.group(2)}") from None
         parts.append(((h - rec) ** 2).sum(1))
     if is_torch(x):
         import torch

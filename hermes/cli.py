@@ -158,7 +158,7 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
               help="Assignment metric at each stage.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: fit's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Minibatch size (default: fit's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device for training (cpu, cuda, cuda:N).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
               help="Write a checkpoint per epoch here.")
@@ -292,7 +292,7 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
               "documents are queries when there are at most this many).")
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="Score centroid cosine and Recall@k on this many documents drawn with --seed (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query and document samples.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the query and document samples.")
 @click.option("--memory", "memory_mb", type=click.IntRange(min=16), default=256, show_default=True,
               help="MiB for per-bucket sums; more buckets than fit are summed in further passes over the rows.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -429,7 +429,7 @@ def _parse_stage1(value: str):
 @click.option("--tokens", "tokens_file", default=None, help="Token counts per row (makes --budget a token budget).")
 @click.option("--tokens-col", default=None, help="Column of the token counts (as --quality-col).")
 @click.option("--replace", is_flag=True, help="Draw with replacement.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Drawn documents (parquet: shard, row, bucket, l1), in draw order.")
 @click.option("--plan", default=None, type=click.Path(dir_okay=False),

@@ -24,6 +24,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_path, fsync_path, publish_mode
+from ._validate import check_int
 from .model import Model, load
 from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
 
@@ -240,9 +242,8 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
 
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
+    compression = _check_compression(fn, compression)
     if engine not in ("local", "ray"):
         raise ValueError(f"{fn}: engine must be 'local' or 'ray', got {engine!r}")
     device = _resolve_device(fn, device) if engine == "local" else (device or "auto")
@@ -331,6 +332,21 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     return report
 
 
+_CODECS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+
+
+def _check_compression(fn: str, compression) -> str:
+    """A parquet codec name this pyarrow build can write, checked before anything is written."""
+    import pyarrow as pa
+
+    name = compression.lower() if isinstance(compression, str) else None
+    if name not in _CODECS:
+        raise ValueError(f"{fn}: compression must be one of {', '.join(_CODECS)}, got {compression!r}")
+    if name != "none" and not pa.Codec.is_available(name):
+        raise ValueError(f"{fn}: compression {name!r} is not available in this pyarrow build")
+    return name
+
+
 def _check_label_outputs(fn: str, inputs, paths: list, model_path, out_dir: Path) -> None:
     """Refuses an out_dir whose outputs would replace an input shard, the model, or a foreign manifest."""
     from ._io import Output, check_outputs, owns_json_format
@@ -416,8 +432,9 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                 msg = str(e)
                 if msg.startswith(f"{fn}:"):
                     raise
-                if "NaN or Inf" in msg:  # assign_codes names the row within the batch
-                    raise ValueError(f"{fn}: {s.path}: row {_first_bad_row(msg, rows)} contains NaN or Inf") from None
+                m = _BAD_ROW.match(msg)
+                if m:  # assign_codes and the CUDA pipeline name the row within the batch
+                    raise ValueError(f"{fn}: {s.path}: row {rows + int(m.group(1))}{m.group(2)}") from None
                 raise ValueError(f"{fn}: {s.path}: {msg}") from None
             lo, codes = item
             writer.write_table(pa.Table.from_pydict(label_columns(codes, model.levels, lo), schema=schema))
@@ -442,12 +459,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
         raise
 
 
-def _first_bad_row(msg: str, row0: int) -> int:
-    """The shard row named by an assign_codes / pipeline NaN message ('... row R ...' within the batch)."""
-    import re
-
-    m = re.search(r"row (\d+)", msg)
-    return row0 + int(m.group(1)) if m else row0
+_BAD_ROW = re.compile(r"^(?:\w+: )?x row (\d+)( .*)$", re.S)  # a row-within-the-batch message
 
 
 # ----------------------------------------------------------------------------------- read labels

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import buckets as _b
+from ._validate import check_int, check_seed
 
 __all__ = ["entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity",
            "report", "format_report"]
@@ -32,6 +33,23 @@ def _check_x(x, n, fn: str, other: str = "ids"):
     if n is not None and x.shape[0] != n:
         raise ValueError(f"{fn}: x has {x.shape[0]} rows but {other} has {n}; they must match")
     return x
+
+
+def _check_finite_x(fn: str, x, chunk_rows: int = 1 << 14) -> None:
+    """Raises naming the first row of x (its index in x) that holds NaN or Inf; read chunk by chunk."""
+    is_np = isinstance(x, np.ndarray)
+    for lo in range(0, x.shape[0], chunk_rows):
+        xb = x[lo:lo + chunk_rows]
+        if is_np:
+            bad = np.flatnonzero(~np.isfinite(xb).all(axis=1))
+            first = int(bad[0]) if bad.size else -1
+        else:
+            import torch
+
+            bad = torch.nonzero(~torch.isfinite(xb).all(dim=1))
+            first = int(bad[0, 0]) if bad.numel() else -1
+        if first >= 0:
+            raise ValueError(f"{fn}: x row {lo + first} contains NaN or Inf")
 
 
 def _numpy_x(x) -> np.ndarray:
@@ -81,7 +99,13 @@ def centroid_cosine(x, ids, *, chunk_bytes: int = 1 << 26) -> float:
     """
     fn = "centroid_cosine"
     ids = _b._check_ids(ids, fn)
-    x = _numpy_x(_check_x(x, ids.size, fn))
+    x = _check_x(x, ids.size, fn)
+    _check_finite_x(fn, x)
+    return _centroid_cosine(_numpy_x(x), ids, chunk_bytes)
+
+
+def _centroid_cosine(x: np.ndarray, ids: np.ndarray, chunk_bytes: int = 1 << 26) -> float:
+    """centroid_cosine on checked, finite inputs."""
     n = ids.size
     if n == 0:
         return _NAN
@@ -92,6 +116,8 @@ def centroid_cosine(x, ids, *, chunk_bytes: int = 1 << 26) -> float:
     for s in range(0, n, rows):
         idx = order[s:s + rows]
         xb = x[idx].astype(np.float64)
+        peak = np.abs(xb).max(axis=1, keepdims=True) if xb.shape[1] else np.zeros((xb.shape[0], 1))
+        np.divide(xb, peak, out=xb, where=peak > 0)  # a finite row whose norm would overflow still normalizes
         norms = np.linalg.norm(xb, axis=1, keepdims=True)
         np.divide(xb, norms, out=xb, where=norms > 0)
         g = sid[s:s + rows]
@@ -124,7 +150,7 @@ def _neighbors(x, k: int, queries: np.ndarray, batch: int) -> np.ndarray:
         with warnings.catch_warnings():  # a read-only memmap is fine: it is only read
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             xt = torch.from_numpy(np.ascontiguousarray(x))
-    xt = torch.nn.functional.normalize(xt.float(), dim=1)
+    xt = _unit_rows(xt)
     n = xt.shape[0]
     q_t = torch.from_numpy(queries).to(xt.device)
     rows = max(1, min(batch, (1 << 26) // max(n, 1)))
@@ -138,6 +164,23 @@ def _neighbors(x, k: int, queries: np.ndarray, batch: int) -> np.ndarray:
     return out.numpy()
 
 
+def _unit_rows(xt):
+    """float32 unit rows [N, d] (a zero row stays zero), a new tensor. Each row is first divided by its largest
+    |value|, so a finite row whose norm overflows (float32 entries beyond ~1.8e19) still normalizes correctly."""
+    import torch
+
+    if xt.shape[0] == 0 or xt.shape[1] == 0:
+        return torch.zeros(tuple(xt.shape), dtype=torch.float32, device=xt.device)
+    peak = xt.abs().amax(dim=1, keepdim=True)
+    if xt.dtype == torch.float64:
+        xs = (xt / peak.clamp_min(torch.finfo(torch.float64).tiny)).float()
+    else:
+        xs = xt.to(torch.float32, copy=True)
+        xs /= peak.float().clamp_min(torch.finfo(torch.float32).tiny)
+    xs /= torch.linalg.vector_norm(xs, dim=1, keepdim=True).clamp_min(1e-12)
+    return xs
+
+
 def _queries(n: int, exact_max: int, sample: int, seed: int) -> np.ndarray:
     if n <= exact_max:
         return np.arange(n, dtype=np.int64)
@@ -146,12 +189,12 @@ def _queries(n: int, exact_max: int, sample: int, seed: int) -> np.ndarray:
 
 
 def _check_knn_args(n, k, exact_max, sample, batch, fn):
-    k = _b._check_int(k, fn, "k", lo=1)
+    k = check_int(fn, "k", k, lo=1)
     if n and k > n - 1:
         raise ValueError(f"{fn}: k={k} needs at least k + 1 = {k + 1} documents, got N={n}")
-    _b._check_int(exact_max, fn, "exact_max", lo=0)
-    _b._check_int(sample, fn, "sample", lo=1)
-    _b._check_int(batch, fn, "batch", lo=1)
+    check_int(fn, "exact_max", exact_max, lo=0)
+    check_int(fn, "sample", sample, lo=1)
+    check_int(fn, "batch", batch, lo=1)
     return k
 
 
@@ -172,6 +215,8 @@ def recall_at_k(x, ids, k: int = 10, *, exact_max: int = 100_000, sample: int = 
     ids = _b._check_ids(ids, fn)
     x = _check_x(x, ids.size, fn)
     k = _check_knn_args(ids.size, k, exact_max, sample, batch, fn)
+    check_seed(fn, seed)
+    _check_finite_x(fn, x)
     if ids.size == 0:
         return _NAN
     q = _queries(ids.size, exact_max, sample, seed)
@@ -188,6 +233,10 @@ def _check_labels(labels, n, fn: str, other: str = "ids") -> np.ndarray:
         raise ValueError(f"{fn}: labels must be a 1-d array [N], got shape {labels.shape}")
     if labels.size != n:
         raise ValueError(f"{fn}: labels has {labels.size} entries but {other} has {n}; they must match")
+    if np.issubdtype(labels.dtype, np.floating) or np.issubdtype(labels.dtype, np.complexfloating):
+        bad = np.flatnonzero(~np.isfinite(labels))
+        if bad.size:
+            raise ValueError(f"{fn}: labels row {int(bad[0])} is {labels[bad[0]]}; a class must not be NaN or Inf")
     return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
@@ -255,15 +304,18 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
     n, L = codes.shape
     if x is not None:
         x = _check_x(x, n, fn, "codes")
+        _check_finite_x(fn, x)
     if labels is not None:
         _check_labels(labels, n, fn, "codes")
-    small = _b._check_int(small, fn, "small", lo=0)
+    small = check_int(fn, "small", small, lo=0)
     nbr = q = None
     if x is not None and k is not None:
         k = _check_knn_args(n, k, exact_max, sample, batch, fn)
+        check_seed(fn, seed)
         if n:
             q = _queries(n, exact_max, sample, seed)
             nbr = _neighbors(x, k, q, batch)
+    xn = _numpy_x(x) if x is not None else None
     rows = []
     for depth in range(1, L + 1):
         _b._radix(levels, depth, fn)
@@ -273,7 +325,7 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
         row = dict(depth=depth, name=_b.depth_name(depth), n_buckets=int(sizes.size), entropy=h,
                    effective_buckets=math.exp(h) if n else _NAN)
         if x is not None:
-            row["centroid_cosine"] = centroid_cosine(x, ids)
+            row["centroid_cosine"] = _centroid_cosine(xn, ids)
             if k is not None:
                 row["recall_at_k"] = _recall_from(nbr, q, ids) if n else _NAN
         if labels is not None:
@@ -339,11 +391,12 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
     n, L = codes.shape
     if stream.n != n:
         raise ValueError(f"{fn}: the embeddings hold {stream.n:,} rows but codes has {n:,}; they must match")
-    block = _b._check_int(block, fn, "block", lo=1)
-    _b._check_int(memory, fn, "memory", lo=1)
+    block = check_int(fn, "block", block, lo=1)
+    check_int(fn, "memory", memory, lo=1)
+    check_seed(fn, seed)
     keep = None
     if sample is not None:
-        sample = _b._check_int(sample, fn, "sample", lo=1)
+        sample = check_int(fn, "sample", sample, lo=1)
         if sample < n:
             keep = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
     rows = report(None, codes, levels, labels=labels, k=None, small=small)
@@ -370,7 +423,7 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
     if k is not None:
         q = _queries(m, queries, queries, seed)
         src = q if keep is None else keep[q]
-        qv = torch.nn.functional.normalize(torch.from_numpy(stream.take(src)), dim=1)
+        qv = torch.from_numpy(_unit_rows_np(stream.take(src))[0])
         best_v = torch.full((q.size, k), -float("inf"))
         best_i = torch.zeros((q.size, k), dtype=torch.int64)
         info["queries"] = int(q.size)
@@ -382,8 +435,9 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
             acc = np.zeros((s1 - s0, d))
             for lo, x in stream.blocks(block, keep):
                 b = x.shape[0]
-                norms = np.linalg.norm(x, axis=1)
-                u = np.divide(x, norms[:, None], out=np.zeros_like(x), where=norms[:, None] > 0)
+                if p == 0:
+                    _check_finite_block(fn, stream, x, lo, keep)
+                u, norms = _unit_rows_np(x)
                 if p == 0:
                     nz = norms > 0
                     for depth in range(L):
@@ -417,6 +471,29 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
         if k is not None:
             r["recall_at_k"] = recall[depth]
     return rows, info
+
+
+def _unit_rows_np(x: np.ndarray) -> tuple:
+    """(unit rows float32 [b, d], a zero row stays zero; norms > 0 where the row is nonzero). Each row is first
+    divided by its largest |value|, so a finite row whose norm overflows float32 still normalizes correctly."""
+    peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
+    u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
+    norms = np.linalg.norm(u, axis=1)
+    np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
+    return u, norms
+
+
+def _check_finite_block(fn: str, stream, x: np.ndarray, lo: int, keep) -> None:
+    """Raises naming the shard file and row (else the global row) of the first row of a block with NaN or Inf."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if not bad.size:
+        return
+    row = int(lo + bad[0] if keep is None else keep[lo + bad[0]])
+    where = getattr(stream, "locate", None)
+    if where is not None:
+        path, local = where(row)
+        raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {row} of the embeddings)")
+    raise ValueError(f"{fn}: embeddings row {row} contains NaN or Inf")
 
 
 def _search_block(qv, q: np.ndarray, u, lo: int, k: int, best_v, best_i, qchunk: int) -> None:

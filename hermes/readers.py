@@ -78,6 +78,13 @@ class Shard:
 
 
 class NpyShard(Shard):
+    """A ``.npy`` file, memory-mapped. Resident memory stays bounded by about one batch whatever the file's
+    size: the pages behind the cursor are released (``madvise(MADV_DONTNEED)``: the data stays in the page
+    cache, but no longer counts in this process's RSS, which worker memory monitors such as Ray's watch),
+    and the next batch's pages are requested ahead (``MADV_WILLNEED``). Reading into reused buffers instead
+    (``readinto`` / ``os.preadv``) was measured at 0.6-0.75x the rows/s of the mapping (an extra copy of
+    every byte), so the mapping is kept."""
+
     kind = "npy"
 
     def __init__(self, fn: str, path: Path, **_options):
@@ -91,16 +98,48 @@ class NpyShard(Shard):
         if x.ndim != 2:
             raise ValueError(f"{fn}: {path} holds a {x.ndim}-d array of shape {x.shape}; embeddings must be "
                              f"2-d [N, d]")
+        self.mm, self.offset = None, 0
+        if isinstance(x, np.memmap) and x.size:  # our own mapping: np.memmap keeps its mmap object private
+            import mmap
+
+            with open(path, "rb") as f:
+                self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self.offset = x.offset
+            x = np.ndarray(x.shape, x.dtype, buffer=self.mm, offset=x.offset,
+                           order="F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C")
         self.x, (self.n, self.d), self.dtype = x, x.shape, str(x.dtype)
+
+    def _advise(self, option: str, lo: int, hi: int) -> None:
+        """madvise(option) on the pages holding rows [lo, hi) (a no-op where the platform has no madvise)."""
+        import mmap
+
+        if self.mm is None or not hasattr(mmap, option) or hi <= lo:
+            return
+        if not self.x.flags.c_contiguous:  # Fortran order: every row range spans the whole file
+            lo, hi = 0, self.n
+        off, row = self.offset, self.d * self.x.itemsize
+        a = (off + lo * row) // mmap.PAGESIZE * mmap.PAGESIZE
+        b = min(off + hi * row, len(self.mm))
+        if b > a:
+            self.mm.madvise(getattr(mmap, option), a, b - a)
 
     def batches(self, batch_size):
         for lo in range(0, self.n, batch_size):
+            hi = min(lo + batch_size, self.n)
+            self._advise("MADV_WILLNEED", hi, hi + batch_size)  # read ahead while this batch is labeled
             # A read-only view of the mapping: the consumers only read it (assign_codes converts or reads it
             # in place; the CUDA pipeline copies it into pinned memory), so no extra copy of every batch.
-            yield lo, self.x[lo:lo + batch_size]
+            yield lo, self.x[lo:hi]
+            self._advise("MADV_DONTNEED", lo, hi)  # the consumer asked for the next batch: done with this one
 
     def close(self):
         self.x = None
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:  # a caller still holds a view of the mapping (read_embeddings returns it)
+                pass
+            self.mm = None
 
 
 class SafetensorsShard(Shard):
@@ -285,8 +324,12 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
         raise ValueError(f"{fn}: the inputs have different dimensions: " +
                          ", ".join(f"{s.path} d={s.d}" for s in shards))
     total = sum(s.n for s in shards)
-    if sample is not None and (not isinstance(sample, (int, np.integer)) or sample < 1):
+    if sample is not None and (not isinstance(sample, (int, np.integer)) or isinstance(sample, (bool, np.bool_))
+                               or sample < 1):
         raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
+    from ._validate import check_seed
+
+    seed = check_seed(fn, seed)
     if sample is None or sample >= total:
         if len(shards) == 1 and shards[0].kind == "npy":
             return shards[0].x
