@@ -104,3 +104,23 @@ def test_label_peak_rss_stays_bounded_on_a_shard_larger_than_the_bound(tmp_path)
     want = hermes.assign_codes(block[:1000], model)
     np.testing.assert_array_equal(np.stack([t.column("c1").to_numpy()[:1000], t.column("c2").to_numpy()[:1000]], 1),
                                   want)
+
+
+@pytest.mark.parametrize("row_group_size", [40, 1000])  # several small row groups (decoded in parallel), one
+def test_parquet_paths_name_the_bad_row_and_stop_cleanly(tmp_path, row_group_size):
+    x = np.random.default_rng(2).standard_normal((300, 6)).astype(np.float32)
+    rows = list(x)
+    rows[213] = rows[213][:4]
+    p = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"embedding": pa.array(rows, pa.list_(pa.float32()))}), p, row_group_size=row_group_size)
+    s = R.open_shard(p)
+    with pytest.raises(ValueError, match=r"open_shard: .*r\.parquet, column 'embedding': row 213 has 4 values"):
+        for _ in s.batches(32):
+            pass
+    good = write(tmp_path, "parquet-list", x)
+    with R.open_shard(good) as s:
+        it = s.batches(16)
+        lo, b = next(it)  # a consumer that stops early: the read-ahead threads are joined, nothing hangs
+        it.close()
+        np.testing.assert_array_equal(b, x[:16])
+        assert [lo for lo, _ in s.batches(128)] == list(range(0, 300, 70))  # batches stop at row groups
