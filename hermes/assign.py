@@ -88,6 +88,7 @@ def _tensor(a: np.ndarray):
         return torch.from_numpy(a)
 
 
+_NORM_MAX = float(np.sqrt(np.finfo(np.float32).max))  # ~1.84e19: a larger norm's square overflows float32
 _BAD_ROW = re.compile(r"^\w+: x row (\d+)( .*)$", re.S)
 
 
@@ -97,8 +98,11 @@ def _raise_bad_row(fn: str, row: int, x=None):
     if x is not None:
         r = x[row].detach().double().cpu().numpy() if is_torch(x) else np.asarray(x[row], dtype=np.float64)
         if np.isfinite(r).all():
-            raise ValueError(f"{fn}: x row {row} is finite but its norm ({np.linalg.norm(r):.3g}) overflows "
-                             f"float32 (largest |value| {np.abs(r).max():.3g}); scale the embeddings down")
+            top = float(np.abs(r).max())
+            norm = top * float(np.linalg.norm(r / top)) if top > 0 else 0.0
+            raise ValueError(f"{fn}: x row {row} is finite but too large for float32: its norm {norm:.3g} (or that "
+                             f"of W x + b) exceeds {_NORM_MAX:.3g}, whose square float32 cannot hold (largest |value| "
+                             f"{top:.3g}); scale the embeddings down")
     raise ValueError(f"{fn}: x row {row} contains NaN or Inf")
 
 

@@ -428,11 +428,17 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
         best_i = torch.zeros((q.size, k), dtype=torch.int64)
         info["queries"] = int(q.size)
     qchunk = max(1, (1 << 25) // block)
-    info.update(passes=len(ranges), slots=n_slots)
+    if getattr(stream, "random_access", False):
+        info.update(passes=1, slots=0)
+        totals = _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progress,
+                                  (qv, q, k, best_v, best_i, qchunk) if k is not None else None)
+        ranges = []
+    else:
+        info.update(passes=len(ranges), slots=n_slots)
     with tqdm(total=m * len(ranges), unit="rows", unit_scale=True, desc="stats", disable=not progress,
               dynamic_ncols=True) as bar:
         for p, (s0, s1) in enumerate(ranges):
-            acc = np.zeros((s1 - s0, d))
+            acc = torch.zeros((s1 - s0, d), dtype=torch.float64)
             for lo, x in stream.blocks(block, keep):
                 b = x.shape[0]
                 if p == 0:
@@ -445,18 +451,25 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
                         totals[depth] += float((single & nz).sum())
                     if k is not None:
                         _search_block(qv, q, torch.from_numpy(u), lo, k, best_v, best_i, qchunk)
+                # Rows sorted by their deepest bucket: every depth's buckets are contiguous runs, and a bucket's
+                # run is a union of its children's runs, so only the deepest level sums rows; each shallower
+                # level sums its children's sums.
                 order = np.argsort(order_key[lo:lo + b], kind="stable")
-                us = u[order]
-                for depth in range(L):
-                    slot = slot_of[depth][invs[depth][lo:lo + b][order]]
-                    starts = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
-                    first = slot[starts]
+                sums = torch.from_numpy(u)[torch.from_numpy(order)]
+                child_starts = None
+                for depth in reversed(range(L)):
+                    g = invs[depth][lo:lo + b][order]
+                    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+                    at = starts if child_starts is None else np.searchsorted(child_starts, starts)
+                    lengths = np.diff(np.r_[at, sums.shape[0]])
+                    sums = torch.segment_reduce(sums, "sum", lengths=torch.from_numpy(lengths), axis=0)
+                    child_starts = starts
+                    first = slot_of[depth][g[starts]]
                     ok = (first >= s0) & (first < s1)
                     if ok.any():
-                        sums = np.add.reduceat(us, starts, axis=0)
-                        acc[first[ok] - s0] += sums[ok]
+                        acc.index_add_(0, torch.from_numpy(first[ok] - s0), sums[torch.from_numpy(ok)].double())
                 bar.update(b)
-            norms_acc = np.linalg.norm(acc, axis=1)
+            norms_acc = torch.linalg.vector_norm(acc, dim=1).numpy()
             for depth in range(L):
                 sl = slot_of[depth]
                 mine = sl[(sl >= s0) & (sl < s1)] - s0
@@ -464,7 +477,7 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
             del acc
     recall = None
     if k is not None:
-        ids_l = [inv for inv in invs]
+        ids_l = invs
         recall = [float((ids[best_i.numpy()] == ids[q][:, None]).mean()) for ids in ids_l]
     for depth, r in enumerate(rows):
         r["centroid_cosine"] = float(totals[depth] / m)
@@ -473,13 +486,91 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
     return rows, info
 
 
+def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progress, search) -> np.ndarray:
+    """Per depth, sum_b ||sum_{i in b} u_i|| in one pass over the rows gathered in deepest-bucket order.
+
+    Every depth's buckets are then contiguous runs of the stream: a block closes the runs that end in it (their
+    float64 sums' norms are added) and carries its last, open run per depth into the next block. Memory: one
+    block. ``search``: (unit queries, query positions, k, best values, best indices, query chunk) for Recall@k,
+    searched in the same pass, or None.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    L = len(invs)
+    order = np.argsort(order_key, kind="stable")
+    rows = order if keep is None else keep[order]
+    totals = np.zeros(L)
+    carry = [None] * L  # (bucket index, float64 sum [d]) of the open run per depth
+    with tqdm(total=order.size, unit="rows", unit_scale=True, desc="stats", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for lo, (_, x) in zip(range(0, order.size, block), stream.gather_blocks(rows, rows=block)):
+            pos = order[lo:lo + block]  # positions among the scored documents
+            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+            if bad.size:
+                path, local = stream.locate(int(rows[lo + bad[0]]))
+                raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {int(rows[lo + bad[0]])} of "
+                                 f"the embeddings)")
+            u, _ = _unit_rows_np(x)
+            ut = torch.from_numpy(u)
+            if search is not None:
+                qv, q, k, best_v, best_i, qchunk = search
+                _search_rows(qv, q, ut, pos, k, best_v, best_i, qchunk)
+            sums, child_starts = ut, None
+            for depth in reversed(range(L)):
+                g = invs[depth][pos]
+                starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+                at = starts if child_starts is None else np.searchsorted(child_starts, starts)
+                lengths = np.diff(np.r_[at, sums.shape[0]])
+                sums = torch.segment_reduce(sums, "sum", lengths=torch.from_numpy(lengths), axis=0)
+                child_starts = starts
+                s64 = sums.double()
+                first_id, c = g[starts[0]], carry[depth]
+                if c is not None:
+                    if c[0] == first_id:
+                        s64[0] += c[1]
+                    else:
+                        totals[depth] += float(torch.linalg.vector_norm(c[1]))
+                totals[depth] += float(torch.linalg.vector_norm(s64[:-1], dim=1).sum())
+                carry[depth] = (g[starts[-1]], s64[-1].clone())
+            bar.update(pos.size)
+    for depth in range(L):
+        if carry[depth] is not None:
+            totals[depth] += float(torch.linalg.vector_norm(carry[depth][1]))
+    return totals
+
+
+def _search_rows(qv, q: np.ndarray, u, ids: np.ndarray, k: int, best_v, best_i, qchunk: int) -> None:
+    """Merges rows ``ids`` (positions, unit float32 [b, d] in ``u``) into each query's running top-k (no self)."""
+    import torch
+
+    ids_t = torch.from_numpy(np.ascontiguousarray(ids))
+    j = np.searchsorted(q, ids)
+    is_q = (j < q.size) & (q[np.minimum(j, q.size - 1)] == ids)
+    qj, cols = j[is_q], np.flatnonzero(is_q)  # block rows that are queries: their own columns are excluded
+    kk = min(k, u.shape[0])
+    with torch.no_grad():
+        for s in range(0, q.size, qchunk):
+            sim = torch.mm(qv[s:s + qchunk], u.T)
+            mine = (qj >= s) & (qj < s + qchunk)
+            if mine.any():
+                sim[torch.from_numpy(qj[mine] - s), torch.from_numpy(cols[mine])] = -float("inf")
+            v, i = torch.topk(sim, kk, dim=1)
+            v = torch.cat([best_v[s:s + qchunk], v], 1)
+            i = torch.cat([best_i[s:s + qchunk], ids_t[i]], 1)
+            top = torch.topk(v, k, dim=1)
+            best_v[s:s + qchunk] = top.values
+            best_i[s:s + qchunk] = torch.gather(i, 1, top.indices)
+
+
 def _unit_rows_np(x: np.ndarray) -> tuple:
     """(unit rows float32 [b, d], a zero row stays zero; norms > 0 where the row is nonzero). Each row is first
     divided by its largest |value|, so a finite row whose norm overflows float32 still normalizes correctly."""
-    peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
-    u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
-    norms = np.linalg.norm(u, axis=1)
-    np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported by the callers' checks
+        peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
+        u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
+        norms = np.linalg.norm(u, axis=1)
+        np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
     return u, norms
 
 
