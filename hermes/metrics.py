@@ -340,11 +340,11 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
     n, L = codes.shape
     if stream.n != n:
         raise ValueError(f"{fn}: the embeddings hold {stream.n:,} rows but codes has {n:,}; they must match")
-    block = _b._check_int(block, fn, "block", lo=1)
-    _b._check_int(memory, fn, "memory", lo=1)
+    block = check_int(fn, "block", block, lo=1)
+    check_int(fn, "memory", memory, lo=1)
     keep = None
     if sample is not None:
-        sample = _b._check_int(sample, fn, "sample", lo=1)
+        sample = check_int(fn, "sample", sample, lo=1)
         if sample < n:
             keep = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
     rows = report(None, codes, levels, labels=labels, k=None, small=small)
