@@ -208,7 +208,9 @@ def kmeans(x, k: int, *, metric: str = "cos", iters: int = 10, init="k-means++",
     fn = "kmeans"
     torch = _torch()
     check_metric(fn, metric)
+    seed = check_int(fn, "seed", seed, 0)
     src = _Source(fn, x, device)
+    src.check_all()
     k = check_int(fn, "k", k, 1)
     iters = check_int(fn, "iters", iters, 0)
     batch_size = check_int(fn, "batch_size", batch_size, 1)

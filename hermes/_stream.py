@@ -88,6 +88,11 @@ class EmbeddingStream:
                     yield out_row, x[mine[a:b] - lo]
                     out_row += b - a
 
+    def locate(self, row: int) -> tuple:
+        """(shard path, row within it) of global row ``row``."""
+        i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.shards[i].path, int(row - self.offsets[i])
+
     def take(self, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), d] for sorted global row indices (npy: direct reads; others: one pass)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -115,3 +120,43 @@ class EmbeddingStream:
                         out[pos + c:pos + e] = x[mine[c:e] - lo]
             pos += b - a
         return out
+
+    @property
+    def random_access(self) -> bool:
+        """Every shard is a plain .npy file, so rows can be gathered in any order cheaply."""
+        return len(self._npy) == len(self.shards) and self.n > 0
+
+    def gather_blocks(self, order: np.ndarray, rows: int = 16384):
+        """Yields ``(row ids int64 [b], float32 [b, d])`` for consecutive chunks of the global row ids ``order``.
+
+        Needs :attr:`random_access`. The files are mapped read-only (random access hint) and the pages of each
+        chunk are released after it is copied out, so the process's RSS stays bounded by the chunk, not by the
+        file, whatever order the rows are visited in.
+        """
+        import mmap
+
+        maps, arr = [], None
+        try:
+            for i, s in enumerate(self.shards):
+                off, dt = self._npy[i]
+                with open(s.path, "rb") as f:
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if s.n else None
+                if mm is not None and hasattr(mm, "madvise"):
+                    mm.madvise(mmap.MADV_RANDOM)
+                arr = np.frombuffer(mm, dtype=dt, count=s.n * s.d, offset=off).reshape(s.n, s.d) if mm is not None \
+                    else np.zeros((0, s.d), dt)
+                maps.append((mm, arr))
+            starts = self.offsets[:-1]
+            for lo in range(0, order.size, rows):
+                ids = np.asarray(order[lo:lo + rows], dtype=np.int64)
+                sh = np.searchsorted(self.offsets, ids, side="right") - 1
+                x = np.empty((ids.size, self.d), np.float32)
+                for i in np.unique(sh):
+                    sel = sh == i
+                    x[sel] = maps[i][1][ids[sel] - starts[i]]
+                for mm, _ in maps:
+                    if mm is not None and hasattr(mm, "madvise"):
+                        mm.madvise(mmap.MADV_DONTNEED)
+                yield ids, x
+        finally:
+            maps.clear()  # the arrays go first; each map is closed when its last view is gone

@@ -116,3 +116,10 @@ def check_codes(fn: str, name: str, codes, levels, depth: int | None = None) -> 
                 f"(levels[{level}] = {levels[level]}); first bad row {row}, column {level}"
             )
     return depth
+
+
+def check_seed(fn: str, seed, *, generator_ok: bool = False):
+    """A seed: an integer >= 0 (check_int's rules), or with generator_ok also a numpy Generator."""
+    if generator_ok and isinstance(seed, np.random.Generator):
+        return seed
+    return check_int(fn, "seed", seed, 0)

@@ -6,6 +6,7 @@ numpy in gives numpy out; a torch tensor in gives a torch tensor out on the same
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
@@ -87,7 +88,21 @@ def _tensor(a: np.ndarray):
         return torch.from_numpy(a)
 
 
-def _raise_bad_row(fn: str, row: int):
+_NORM_MAX = float(np.sqrt(np.finfo(np.float32).max))  # ~1.84e19: a larger norm's square overflows float32
+_BAD_ROW = re.compile(r"^\w+: x row (\d+)( .*)$", re.S)
+
+
+def _raise_bad_row(fn: str, row: int, x=None):
+    """Raises for row ``row`` of x: NaN or Inf, or (when x is given and the row is finite) a norm that overflows
+    float32, which the float32 kernels cannot normalize."""
+    if x is not None:
+        r = x[row].detach().double().cpu().numpy() if is_torch(x) else np.asarray(x[row], dtype=np.float64)
+        if np.isfinite(r).all():
+            top = float(np.abs(r).max())
+            norm = top * float(np.linalg.norm(r / top)) if top > 0 else 0.0
+            raise ValueError(f"{fn}: x row {row} is finite but too large for float32: its norm {norm:.3g} (or that "
+                             f"of W x + b) exceeds {_NORM_MAX:.3g}, whose square float32 cannot hold (largest |value| "
+                             f"{top:.3g}); scale the embeddings down")
     raise ValueError(f"{fn}: x row {row} contains NaN or Inf")
 
 
@@ -183,7 +198,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                 else:
                     bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
                 if bad >= 0:
-                    _raise_bad_row(fn, lo + bad)
+                    _raise_bad_row(fn, lo + bad, x)
                 if screen:
                     g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), st["M16"], out=g16_buf[:hi - lo])
                     rescored = _C.assign_screened_cpu(
@@ -197,7 +212,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                         o = t.offsets[l]
                         _C.argmin_level_cpu(g, o, K, l, metric, t.beta[o:o + K], t.cterm[l], t.T[l], inv_s, cb, nt)
             else:
-                r = _rotate_cpu(fn, xb, model, t, nt, lo)
+                r = _rotate_cpu(fn, xb, model, t, nt, lo, x)
                 rt = torch.from_numpy(r)
                 for l, K in enumerate(model.levels):
                     o = t.offsets[l]
@@ -209,7 +224,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
     return codes
 
 
-def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int) -> np.ndarray:
+def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int, x=None) -> np.ndarray:
     """h = normalize(x W^T + b) for one float32 batch [B, d] (a new array)."""
     import torch
 
@@ -219,7 +234,7 @@ def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int) -> np.n
         h = torch.addmm(torch.from_numpy(t.bias), _tensor(xb), torch.from_numpy(t.wt)).numpy()
     bad = _C.normalize_rows_cpu(h, model.normalize, nt)
     if bad >= 0:
-        _raise_bad_row(fn, row0 + bad)
+        _raise_bad_row(fn, row0 + bad, x)
     return h
 
 
@@ -237,12 +252,12 @@ def _cuda_ready(fn: str, x):
     return x, _DTYPE_CODE[str(x.dtype)], torch.cuda.current_stream(x.device).cuda_stream
 
 
-def _check_finite_cuda(fn: str, inv_s, row0: int = 0):
+def _check_finite_cuda(fn: str, inv_s, row0: int = 0, x=None):
     import torch
 
     bad = ~torch.isfinite(inv_s)
     if bool(bad.any()):  # one device sync per call
-        _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]))
+        _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]), x)
 
 
 def _rotate_cuda(x, dtype_code, n, ldx, model, t, stream, h, inv_s):
@@ -286,7 +301,7 @@ def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool):
                     if l + 1 < L:
                         _C.subtract_codeword_cuda(h.data_ptr(), n, d, d, t.C[l].data_ptr(), cp, L, l, stream)
         if check_finite:
-            _check_finite_cuda(fn, inv_s)
+            _check_finite_cuda(fn, inv_s, 0, x)
     return codes
 
 
@@ -370,7 +385,7 @@ def transform(x, model: Model, *, batch_size: int | None = None):
             inv_s = torch.empty((N,), dtype=torch.float32, device=x.device)
             if N:
                 _rotate_cuda(x, dt, N, x.stride(0), model, t, stream, h, inv_s)
-                _check_finite_cuda(fn, inv_s)
+                _check_finite_cuda(fn, inv_s, 0, x)
         return h
     t = model._host_tables()
     get, N = _cpu_source(fn, x)
@@ -378,7 +393,7 @@ def transform(x, model: Model, *, batch_size: int | None = None):
     nt = _nthreads()
     for lo in range(0, N, bs):
         hi = min(N, lo + bs)
-        out[lo:hi] = _rotate_cpu(fn, get(lo, hi), model, t, nt, lo)
+        out[lo:hi] = _rotate_cpu(fn, get(lo, hi), model, t, nt, lo, x)
     if is_torch(x):
         import torch
 
@@ -437,8 +452,14 @@ def quantization_error(x, model: Model, *, depth: int | None = None, batch_size:
     parts = []
     for lo in range(0, max(N, 1), bs):
         xb = x[lo:lo + bs]
-        h = transform(xb, model)
-        rec = decode(assign_codes(xb, model), model, depth)
+        try:
+            h = transform(xb, model)
+            rec = decode(assign_codes(xb, model), model, depth)
+        except ValueError as e:  # name this function and the row of x, not of the batch
+            m = _BAD_ROW.match(str(e))
+            if not m:
+                raise
+            raise ValueError(f"{fn}: x row {lo + int(m.group(1))}{m.group(2)}") from None
         parts.append(((h - rec) ** 2).sum(1))
     if is_torch(x):
         import torch

@@ -158,7 +158,7 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
               help="Assignment metric at each stage.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: fit's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Minibatch size (default: fit's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device for training (cpu, cuda, cuda:N).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
               help="Write a checkpoint per epoch here.")
@@ -233,8 +233,20 @@ def _check_fit_outputs(inputs, out, checkpoint_dir) -> None:
               help="Rows per batch (bounds the memory).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
 @click.option("--overwrite", is_flag=True, help="Relabel shards whose output already exists.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray Data actor pool over the shards' row ranges (--batch-size rows "
+              "per range; needs hermes-rvq[ray]).")
+@click.option("--address", default=None, help="--engine ray: address of a running Ray cluster (default: start a "
+              "local one).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="--engine ray: actors (default: as many as the cluster's CPUs/GPUs allow).")
+@click.option("--num-cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="--engine ray: CPUs per actor (threads of its CPU executor).")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="--engine ray: GPUs per actor (> 0: actors label on CUDA).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overwrite, progress):
+def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overwrite, engine, address, concurrency,
+              num_cpus_per_worker, num_gpus_per_worker, progress):
     """Label embedding shards INPUT... (files or directories) into --out, one parquet file per shard.
 
     Alias: `hermes assign`. Each output holds row, c1..cL and bucket_L1.. ids; it appears only when complete,
@@ -242,12 +254,20 @@ def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overw
     """
     from .label import label
 
+    ray_opts = dict(address=address, concurrency=concurrency, num_cpus_per_worker=num_cpus_per_worker,
+                    num_gpus_per_worker=num_gpus_per_worker)
+    if engine == "local" and any(ray_opts[k] is not None for k in ("address", "concurrency")):
+        raise click.BadParameter("--address and --concurrency need --engine ray", param_hint="--engine")
     rep = label(list(inputs), model_path, out, column=column, tensor=tensor, batch_size=batch_size,
-                device=device, progress=progress, overwrite=overwrite)
+                device=device, progress=progress, overwrite=overwrite, engine=engine,
+                ray_options=ray_opts if engine == "ray" else None)
     n = len(rep.manifest["shards"])
     click.echo(f"labeled {len(rep.labeled)} shard(s) ({rep.rows_labeled:,} rows, "
                f"{_rate(rep.rows_labeled, rep.seconds)}), {len(rep.skipped)} already done; "
                f"{out}/manifest.json lists {n} shard(s), {rep.rows:,} rows")
+    if rep.nodes:
+        click.echo(f"ray: {len(rep.nodes)} node(s) labeled " +
+                   ", ".join(f"{rows:,} rows on {node[:8]}" for node, rows in sorted(rep.nodes.items())))
 
 
 # ---------------------------------------------------------------------------------------- stats
@@ -272,7 +292,7 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
               "documents are queries when there are at most this many).")
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="Score centroid cosine and Recall@k on this many documents drawn with --seed (default: all).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the query and document samples.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the query and document samples.")
 @click.option("--memory", "memory_mb", type=click.IntRange(min=16), default=256, show_default=True,
               help="MiB for per-bucket sums; more buckets than fit are summed in further passes over the rows.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -409,7 +429,7 @@ def _parse_stage1(value: str):
 @click.option("--tokens", "tokens_file", default=None, help="Token counts per row (makes --budget a token budget).")
 @click.option("--tokens-col", default=None, help="Column of the token counts (as --quality-col).")
 @click.option("--replace", is_flag=True, help="Draw with replacement.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Drawn documents (parquet: shard, row, bucket, l1), in draw order.")
 @click.option("--plan", default=None, type=click.Path(dir_okay=False),

@@ -24,6 +24,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path, fsync_path, publish_mode
+from ._io import atomic_path, fsync_path, publish_mode, user_os_error
 from ._validate import check_int
 from .model import Model, load
 from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
@@ -183,6 +184,7 @@ class LabelReport:
     skipped: list = field(default_factory=list)  # output names already complete
     rows_labeled: int = 0
     seconds: float = 0.0
+    nodes: dict = field(default_factory=dict)  # engine="ray": rows labeled per Ray node id
 
     @property
     def rows(self) -> int:
@@ -199,7 +201,7 @@ def _check_model(fn: str, model):
 
 def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | None = None,
           batch_size: int = DEFAULT_BATCH, device=None, progress: bool = True, overwrite: bool = False,
-          compression: str = "zstd") -> LabelReport:
+          compression: str = "zstd", engine: str = "local", ray_options: dict | None = None) -> LabelReport:
     """Labels embedding shards on disk with ``model``, one output parquet file per shard (see the module doc).
 
     Args:
@@ -216,6 +218,13 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
         overwrite: relabel shards whose output exists (also when it came from another model; without it
             that is an error).
         compression: parquet compression codec of the outputs.
+        engine: ``"local"`` (this process) or ``"ray"``: the shards' row ranges become a Ray Dataset labeled by
+            an actor pool (the model loaded once per actor; see :func:`hermes.ray.label_ranges`), each range
+            written as a part file under ``out_dir/.hermes-parts``, then joined into the same outputs and
+            manifest as the local engine (a rerun keeps finished shards and finished parts).
+        ray_options: with ``engine="ray"``: ``address`` (of a running cluster; default: start a local one),
+            ``concurrency`` (actors), ``num_cpus_per_worker``, ``num_gpus_per_worker`` (GPU actors label
+            on CUDA), ``runtime_env``.
 
     Returns:
         a :class:`LabelReport`; ``report.manifest`` is the content of ``out_dir/manifest.json``:
@@ -234,7 +243,10 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
     batch_size = check_int(fn, "batch_size", batch_size, 1)
-    device = _resolve_device(fn, device)
+    compression = _check_compression(fn, compression)
+    if engine not in ("local", "ray"):
+        raise ValueError(f"{fn}: engine must be 'local' or 'ray', got {engine!r}")
+    device = _resolve_device(fn, device) if engine == "local" else (device or "auto")
     paths = expand_inputs(fn, inputs)
     names: dict[str, Path] = {}
     for p in paths:
@@ -291,16 +303,23 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
 
     total = sum(s.n for s in shards)
     done_rows = total - sum(s.n for s, _, _ in todo)
+    metas = [{"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
+              "source": entry["source"], "source_fingerprint": entry["source_fingerprint"],
+              "source_stat": s.identity(), "shard": s.name, "kind": s.kind, "rows": int(s.n),
+              "column": column if s.kind == "parquet" else None, "tensor": getattr(s, "tensor", None)}
+             for s, _, entry in todo]
     with tqdm(total=total, initial=done_rows, unit="rows", unit_scale=True, desc="label", disable=not progress,
               dynamic_ncols=True) as bar:
-        for s, out, entry in todo:
-            bar.set_postfix_str(s.name, refresh=False)
-            meta = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
-                    "source": entry["source"], "source_fingerprint": entry["source_fingerprint"],
-                    "source_stat": s.identity(), "shard": s.name, "kind": s.kind, "rows": int(s.n),
-                    "column": column if s.kind == "parquet" else None,
-                    "tensor": getattr(s, "tensor", None)}
-            _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
+        if engine == "ray":
+            from .ray import label_ranges
+
+            report.nodes = label_ranges(fn, [(s, out, meta) for (s, out, _), meta in zip(todo, metas)], model,
+                                        batch_size=batch_size, device=device, compression=compression, bar=bar,
+                                        column=column, tensor=tensor, **(ray_options or {}))
+        for (s, out, entry), meta in zip(todo, metas):
+            if engine == "local":
+                bar.set_postfix_str(s.name, refresh=False)
+                _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
             report.labeled.append(out.name)
             report.rows_labeled += s.n
             s.close()
@@ -311,6 +330,21 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     report.manifest = manifest
     report.seconds = time.perf_counter() - t0
     return report
+
+
+_CODECS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+
+
+def _check_compression(fn: str, compression) -> str:
+    """A parquet codec name this pyarrow build can write, checked before anything is written."""
+    import pyarrow as pa
+
+    name = compression.lower() if isinstance(compression, str) else None
+    if name not in _CODECS:
+        raise ValueError(f"{fn}: compression must be one of {', '.join(_CODECS)}, got {compression!r}")
+    if name != "none" and not pa.Codec.is_available(name):
+        raise ValueError(f"{fn}: compression {name!r} is not available in this pyarrow build")
+    return name
 
 
 def _check_label_outputs(fn: str, inputs, paths: list, model_path, out_dir: Path) -> None:
@@ -345,25 +379,26 @@ def _check_other_labels(fn: str, out_dir: Path, fp: str, mine: set) -> None:
 
 
 def _scan_manifest(fn: str, out_dir: Path, fp: str, entries: list) -> list:
-    """The manifest's shards: every hermes labels file in out_dir, described by its own metadata. Files listed
-    by an earlier manifest come first in its order, then other labels files found (sorted), then this run's."""
-    mine = {e["output"] for e in entries}
+    """The manifest's shards: every hermes labels file in out_dir, each described by its own metadata (so the
+    manifest says exactly what the directory holds). Files listed by an earlier manifest come first in its
+    order, then other labels files found (sorted), then this run's shards in input order."""
+    mine = [e["output"] for e in entries]
     try:
         prev = [e["output"] for e in json.loads((out_dir / MANIFEST).read_text()).get("shards", [])]
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         prev = []
     found = sorted(f.name for f in out_dir.glob("*.parquet") if not f.name.startswith("."))
-    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine]
-    old = []
+    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine] + mine
+    out = []
     for name in order:
         meta, rows = _read_meta(out_dir / name)
         if meta is None or meta.get("format") != LABEL_FORMAT:
             continue  # not a labels file (read_labels never reads it: it follows the manifest)
         if meta.get("model", {}).get("fingerprint") != fp:
             raise ValueError(f"{fn}: {out_dir / name} was labeled by another model; the manifest cannot list it")
-        old.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
+        out.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
                     "output": name, "rows": int(rows)})
-    return old + entries
+    return out
 
 
 def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
@@ -398,8 +433,9 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                 msg = str(e)
                 if msg.startswith(f"{fn}:"):
                     raise
-                if "NaN or Inf" in msg:  # assign_codes names the row within the batch
-                    raise ValueError(f"{fn}: {s.path}: row {_first_bad_row(msg, rows)} contains NaN or Inf") from None
+                m = _BAD_ROW.match(msg)
+                if m:  # assign_codes and the CUDA pipeline name the row within the batch
+                    raise ValueError(f"{fn}: {s.path}: row {rows + int(m.group(1))}{m.group(2)}") from None
                 raise ValueError(f"{fn}: {s.path}: {msg}") from None
             lo, codes = item
             writer.write_table(pa.Table.from_pydict(label_columns(codes, model.levels, lo), schema=schema))
@@ -413,7 +449,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
         fsync_path(tmp)
         publish_mode(tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             try:
                 writer.close()
@@ -421,15 +457,13 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                 pass
         if os.path.exists(tmp):
             os.unlink(tmp)
+        err = user_os_error(e, out, tmp, only_tmp=True)
+        if err is not None:
+            raise err from None
         raise
 
 
-def _first_bad_row(msg: str, row0: int) -> int:
-    """The shard row named by an assign_codes / pipeline NaN message ('... row R ...' within the batch)."""
-    import re
-
-    m = re.search(r"row (\d+)", msg)
-    return row0 + int(m.group(1)) if m else row0
+_BAD_ROW = re.compile(r"^(?:\w+: )?x row (\d+)( .*)$", re.S)  # a row-within-the-batch message
 
 
 # ----------------------------------------------------------------------------------- read labels

@@ -33,13 +33,14 @@ import json
 import math
 import numbers
 import os
+import re
 import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import buckets as _b
-from ._validate import check_int
+from ._validate import check_int, check_seed
 
 __all__ = ["STAGE2_RULES", "stage1_weights", "probabilities", "sample"]
 
@@ -49,10 +50,26 @@ STAGE2_RULES = ("coverage", "quality", "random")
 # ----------------------------------------------------------------------------------------------
 # Stage 1
 
+_BUCKET_KEY = re.compile(r"[0-9]+", re.ASCII)
+_CSV_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.ASCII | re.I)
+
+
+def _no_duplicate_keys(src: str, fn: str):
+    def hook(pairs):
+        seen = {}
+        for k, v in pairs:
+            if k in seen:
+                raise ValueError(f"{fn}: {src} gives key {k!r} twice (values {seen[k]!r} and {v!r})")
+            seen[k] = v
+        return seen
+
+    return hook
+
+
 def _read_weights(stage1, fn: str):
-    """{bucket key (str or int): weight} and a name for messages, from a mapping or a file."""
+    """[(bucket key as written, weight as written, where)] and a name for messages, from a mapping or a file."""
     if isinstance(stage1, Mapping):
-        return dict(stage1), "stage1 mapping"
+        return [(k, v, f"key {k!r}") for k, v in stage1.items()], "stage1 mapping"
     path = os.fspath(stage1)
     src = f"stage1 file {path!r}"
     ext = os.path.splitext(path)[1].lower()
@@ -63,41 +80,55 @@ def _read_weights(stage1, fn: str):
     with open(path, newline="") as f:
         if ext == ".json":
             try:
-                table = json.load(f)
+                table = json.load(f, object_pairs_hook=_no_duplicate_keys(src, fn))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{fn}: {src} is not valid JSON: {e}") from None
             if not isinstance(table, dict):
                 raise ValueError(f"{fn}: {src} must hold a JSON object {{\"bucket\": weight}}, "
                                  f"got {type(table).__name__}")
-            return table, src
+            for k, v in table.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ValueError(f"{fn}: {src}: key {k!r} has the weight {json.dumps(v)}; weights are JSON "
+                                     f"numbers")
+            return [(k, v, f"key {k!r}") for k, v in table.items()], src
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"bucket", "weight"} <= {h.strip() for h in reader.fieldnames}:
             raise ValueError(f"{fn}: {src} must have a header 'bucket,weight', got "
                              f"{reader.fieldnames}")
-        table = {}
+        table = []
         for row in reader:
-            row = {k.strip(): v for k, v in row.items() if k is not None}
-            key = row["bucket"].strip()
-            if key in table:
-                raise ValueError(f"{fn}: {src} lists bucket {key} twice")
-            table[key] = row["weight"]
+            line = reader.line_num
+            if None in row or any(v is None for v in row.values()):
+                raise ValueError(f"{fn}: {src} line {line} has {'more' if None in row else 'fewer'} fields than "
+                                 f"the header")
+            row = {k.strip(): v for k, v in row.items()}
+            weight = row["weight"].strip()
+            if not _CSV_NUMBER.fullmatch(weight):
+                raise ValueError(f"{fn}: {src} line {line}: weight {row['weight']!r} is not a number")
+            table.append((row["bucket"].strip(), float(weight), f"line {line}"))
         return table, src
 
 
-def _weights_from_table(table: dict, src: str, l1_ids: np.ndarray, fn: str) -> np.ndarray:
+def _weights_from_table(table: list, src: str, l1_ids: np.ndarray, fn: str) -> np.ndarray:
     occupied = {int(b): i for i, b in enumerate(l1_ids)}
     w = np.zeros(l1_ids.size)
-    given = np.zeros(l1_ids.size, bool)
+    given: dict = {}
     unknown = []
-    for key, value in table.items():
-        try:
-            b = int(str(key).strip())
-        except ValueError:
+    for key, value, where in table:
+        if isinstance(key, (bool, np.bool_)):
             b = None
+        elif isinstance(key, numbers.Integral):
+            b = int(key)
+        else:
+            b = int(key) if isinstance(key, str) and _BUCKET_KEY.fullmatch(key) else None  # not '+1', '1.0', '1_0'
+        if b is not None and b in given:
+            raise ValueError(f"{fn}: {src}: {given[b]} and {where} both name bucket {b}")
         if b is None or b not in occupied:
             unknown.append(key)
             continue
-        given[occupied[b]] = True
+        given[b] = where
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{fn}: {src} gives bucket {key} the non-numeric weight {value!r}")
         try:
             w[occupied[b]] = float(value)
         except (TypeError, ValueError):
@@ -105,8 +136,8 @@ def _weights_from_table(table: dict, src: str, l1_ids: np.ndarray, fn: str) -> n
                 from None
     if unknown:
         raise ValueError(f"{fn}: {src} names {len(unknown)} bucket(s) that are not occupied L1 "
-                         f"buckets, e.g. {unknown[:5]}; buckets are L1 ids c1 of the codes")
-    missing = l1_ids[~given].tolist()
+                         f"buckets, e.g. {unknown[:5]}; buckets are L1 ids c1 of the codes, written in digits")
+    missing = [int(b) for b in l1_ids if int(b) not in given]
     if missing:
         warnings.warn(f"{fn}: {src} has no weight for {len(missing)} occupied L1 bucket(s), e.g. "
                       f"{missing[:5]}; they get weight 0", stacklevel=3)
@@ -435,6 +466,7 @@ def sample(codes, budget, *, levels=None, depth: int = 2, stage1="uniform", stag
     document of the bucket drawn; never with replacement).
     """
     fn = "sample"
+    seed = check_seed(fn, seed, generator_ok=True)
     mix = _mixture(fn, codes, levels, depth, stage1, stage2, quality, p)
     by_tokens = tokens is not None
     budget = _check_budget(budget, by_tokens, fn)

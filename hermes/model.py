@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,14 +224,20 @@ def load(path) -> Model:
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise ValueError(f"hermes.load: {path} has format_version {meta.get('format_version')!r}; "
                          f"this hermes reads version {FORMAT_VERSION}")
-    try:
-        d = int(meta["d"])
-        levels = [int(k) for k in json.loads(meta["levels"])]
-        metric = meta["metric"]
-        normalize = bool(json.loads(meta["normalize"]))
-        ortho_tol = float(meta.get("ortho_tol", "1e-4"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"hermes.load: {path} has malformed metadata ({e!r})") from e
+    d = _meta_value(path, meta, "d", _parse_count, "a positive integer such as 384")
+    levels = _meta_value(path, meta, "levels", _parse_levels,
+                         f"a JSON list of 1 to {MAX_LEVELS} integers in [1, {MAX_CODEWORDS}] such as [256, 256, 256]")
+    metric = _meta_value(path, meta, "metric", lambda v: v if v in METRICS else None, "'cos' or 'l2'")
+    normalize = _meta_value(path, meta, "normalize", {"true": True, "false": False}.get, "true or false")
+    ortho_tol = _meta_value(path, meta, "ortho_tol", _parse_tol, "a finite number >= 0", default="1e-4")
+    expected = {f"codebook.{i}" for i in range(len(levels))} | {"W", "b"}
+    unknown = sorted(set(tensors) - expected)
+    if unknown:
+        raise ValueError(f"hermes.load: {path} holds tensor(s) {unknown[:5]} that a {len(levels)}-level model does "
+                         f"not have (expected codebook.0..codebook.{len(levels) - 1}, W, b)")
+    for k, t in tensors.items():
+        if t.dtype.kind != "f":
+            raise ValueError(f"hermes.load: {path}: tensor {k!r} has dtype {t.dtype}; model tensors are floats")
     cbs = []
     for i, K in enumerate(levels):
         name = f"codebook.{i}"
@@ -244,4 +252,42 @@ def load(path) -> Model:
         raise ValueError(f"hermes.load: {path}: tensor 'W' has shape {W.shape}, expected ({d}, {d})")
     if b is not None and b.shape != (d,):
         raise ValueError(f"hermes.load: {path}: tensor 'b' has shape {b.shape}, expected ({d},)")
-    return Model(cbs, W=W, b=b, metric=metric, normalize=normalize, ortho_tol=ortho_tol)
+    try:
+        return Model(cbs, W=W, b=b, metric=metric, normalize=normalize, ortho_tol=ortho_tol)
+    except ValueError as e:  # e.g. NaN in a codebook: name the file
+        raise ValueError(f"hermes.load: {path}: {e}") from None
+
+
+def _meta_value(path, meta: dict, key: str, parse, expected: str, default: str | None = None):
+    """meta[key] parsed strictly by ``parse`` (None: malformed); errors name the file and the key."""
+    if key not in meta:
+        if default is None:
+            raise ValueError(f"hermes.load: {path} has no metadata key {key!r} (expected {expected})")
+        raw = default
+    else:
+        raw = meta[key]
+    try:
+        v = parse(raw)
+    except (ValueError, TypeError):
+        v = None
+    if v is None:
+        raise ValueError(f"hermes.load: {path}: metadata {key!r} is {raw!r}; expected {expected}")
+    return v
+
+
+def _parse_count(raw: str):
+    return int(raw) if re.fullmatch(r"[1-9][0-9]*", raw, re.ASCII) else None
+
+
+def _parse_levels(raw: str):
+    v = json.loads(raw)
+    ok = isinstance(v, list) and 1 <= len(v) <= MAX_LEVELS and all(
+        type(k) is int and 1 <= k <= MAX_CODEWORDS for k in v)
+    return [int(k) for k in v] if ok else None
+
+
+def _parse_tol(raw: str):
+    v = float(raw) if re.fullmatch(r"[0-9.eE+-]+", raw, re.ASCII) else None
+    return v if v is not None and math.isfinite(v) and v >= 0 else None
+
+

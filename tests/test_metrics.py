@@ -191,8 +191,10 @@ def _stream(tmp_path, parts, kinds):
     return EmbeddingStream(shards)
 
 
-@pytest.mark.parametrize("memory", [1 << 28, 4096])  # 4096 bytes: one slot per pass, many passes
-def test_report_streaming_equals_report(tmp_path, memory):
+@pytest.mark.parametrize("kinds,memory", [(("npy", "parquet"), 1 << 28),   # sequential blocks, per-bucket sums
+                                          (("npy", "parquet"), 4096),      # one slot per pass, many passes
+                                          (("npy", "npy"), 1 << 28)])      # random access: bucket-sorted pass
+def test_report_streaming_equals_report(tmp_path, kinds, memory):
     rng = np.random.default_rng(3)
     n, d, levels = 257, 13, (5, 4, 3)
     centers = rng.standard_normal((7, d))
@@ -200,14 +202,17 @@ def test_report_streaming_equals_report(tmp_path, memory):
     x[5] = 0.0  # a zero row
     codes = np.stack([rng.integers(0, K, n) for K in levels], 1)
     codes[:40] = codes[0]  # one big bucket at every depth
-    stream = _stream(tmp_path, [x[:100].astype(np.float16), x[100:]], ["npy", "parquet"])
+    stream = _stream(tmp_path, [x[:100].astype(np.float16), x[100:]], kinds)
+    assert stream.random_access == (kinds[1] == "npy")
     x[:100] = x[:100].astype(np.float16)
     ref = hm.report(x, codes, levels, k=5, exact_max=1000)
     rows, info = hm.report_streaming(stream, codes, levels, k=5, queries=1000, block=31, memory=memory)
     assert info["queries"] == n and not info["sampled"] and (info["passes"] > 1) == (memory == 4096)
+    assert (info["slots"] == 0) == stream.random_access
     for a, b in zip(ref, rows):
         assert b["centroid_cosine"] == pytest.approx(a["centroid_cosine"], abs=1e-6)
-        assert b["recall_at_k"] == pytest.approx(a["recall_at_k"], abs=1e-12)
+        # the zero row (x[5]) ties with everything: as a query its 5 neighbours are any; one may differ
+        assert b["recall_at_k"] == pytest.approx(a["recall_at_k"], abs=1.01 / (n * 5))
         assert b["entropy"] == a["entropy"] and b["median"] == a["median"]
     # sampled queries: the same seeded draw as recall_at_k(exact_max=sample=queries)
     rows, info = hm.report_streaming(stream, codes, levels, k=5, queries=50, seed=4, block=64)

@@ -1,4 +1,7 @@
 """hermes.readers: every shard format yields its rows exactly, in order, in batches of at most batch_size."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from hermes import readers as R
+
+from conftest import child_env
 
 
 def write(tmp_path, kind, x):
@@ -59,3 +64,63 @@ def test_open_shard_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"my_fn: no such file: .*nope.npy"):
         R.open_shard(tmp_path / "nope.npy", fn="my_fn")
     assert set(R.READERS) == set(R.SUFFIXES)
+
+
+def test_npy_fortran_order(tmp_path):
+    x = np.asfortranarray(np.random.default_rng(1).standard_normal((300, 7)).astype(np.float32))
+    np.save(tmp_path / "f.npy", x)
+    with R.open_shard(tmp_path / "f.npy") as s:
+        got = np.concatenate([np.array(b) for _, b in s.batches(64)])
+    np.testing.assert_array_equal(got, x)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the child's peak RSS from wait4 (KiB on Linux)")
+def test_label_peak_rss_stays_bounded_on_a_shard_larger_than_the_bound(tmp_path):
+    """`hermes label` on a 1.64 GB float16 .npy shard peaks under 1.5 GB of resident memory: the pages behind
+    the cursor are released (a mapping left resident peaks above the shard's size)."""
+    import hermes
+
+    n, d, bound = 800_000, 1024, 1.5e9
+    block = np.random.default_rng(0).standard_normal((16384, d)).astype(np.float16)
+    p = tmp_path / "big.npy"
+    with open(p, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": block.dtype.str, "fortran_order": False, "shape": (n, d)})
+        for lo in range(0, n, len(block)):
+            block[:n - lo].tofile(f)
+    assert p.stat().st_size > bound
+    rng = np.random.default_rng(1)
+    model = hermes.Model([rng.standard_normal((4, d)).astype(np.float32) for _ in range(2)], metric="cos")
+    model.save(tmp_path / "m.safetensors")
+    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
+        child = subprocess.Popen([sys.executable, "-m", "hermes", "label", "--model", "m.safetensors", "--out",
+                                  "out", "big.npy"], cwd=tmp_path, env=child_env(), stdout=out, stderr=err)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS (RUSAGE_CHILDREN mixes in others')
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0, (tmp_path / "stderr").read_text()[-2000:]
+    peak = usage.ru_maxrss * 1024
+    assert "800,000 rows" in (tmp_path / "stdout").read_text()
+    assert peak < bound, f"peak RSS {peak / 1e9:.2f} GB"
+    t = pq.read_table(tmp_path / "out" / "big.parquet", columns=["row", "c1", "c2"])
+    want = hermes.assign_codes(block[:1000], model)
+    np.testing.assert_array_equal(np.stack([t.column("c1").to_numpy()[:1000], t.column("c2").to_numpy()[:1000]], 1),
+                                  want)
+
+
+@pytest.mark.parametrize("row_group_size", [40, 1000])  # several small row groups (decoded in parallel), one
+def test_parquet_paths_name_the_bad_row_and_stop_cleanly(tmp_path, row_group_size):
+    x = np.random.default_rng(2).standard_normal((300, 6)).astype(np.float32)
+    rows = list(x)
+    rows[213] = rows[213][:4]
+    p = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"embedding": pa.array(rows, pa.list_(pa.float32()))}), p, row_group_size=row_group_size)
+    s = R.open_shard(p)
+    with pytest.raises(ValueError, match=r"open_shard: .*r\.parquet, column 'embedding': row 213 has 4 values"):
+        for _ in s.batches(32):
+            pass
+    good = write(tmp_path, "parquet-list", x)
+    with R.open_shard(good) as s:
+        it = s.batches(16)
+        lo, b = next(it)  # a consumer that stops early: the read-ahead threads are joined, nothing hangs
+        it.close()
+        np.testing.assert_array_equal(b, x[:16])
+        assert [lo for lo, _ in s.batches(128)] == list(range(0, 300, 70))  # batches stop at row groups
