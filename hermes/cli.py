@@ -528,6 +528,19 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     click.echo(f"drew {unit}{idx.size:,} documents from {drawn:,} of {cols['size'].size:,} {depth_name(depth)} "
                f"buckets (stage1={stage1}, stage2={stage2}{', with replacement' if replace else ''}) -> {out}; "
                f"plan -> {plan}")
+    l1, first = np.unique(pt.column("l1").to_numpy(), return_index=True)
+    tgt, got, ex = cols["l1_target"][first], cols["l1_drawn"][first], cols["l1_exhausted"][first]
+    w = cols["l1_weight"][first]
+    dev = float(np.abs(got - tgt).max()) if got.size else 0.0
+    line = (f"L1 buckets: {int((w > 0).sum()):,} with weight > 0; drawn vs target per L1 bucket: max |drawn - target| "
+            f"= {dev:.3g} documents")
+    if ex.any():
+        ids = ", ".join(f"{int(b)} ({int(g):,} of target {t:,.1f})" for b, g, t in zip(l1[ex][:8], got[ex][:8], tgt[ex][:8]))
+        line += (f"; {int(ex.sum()):,} exhausted (every eligible document drawn), their excess spread over the "
+                 f"others by weight: {ids}{', ...' if ex.sum() > 8 else ''}")
+    else:
+        line += "; none exhausted"
+    click.echo(line + " (per-L1 columns l1_weight, l1_eligible, l1_target, l1_drawn, l1_exhausted in the plan)")
 
 
 # ----------------------------------------------------------------------------------------- info
