@@ -6,12 +6,13 @@ numpy in gives numpy out; a torch tensor in gives a torch tensor out on the same
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 
 from . import _backend
 from ._backend import _C
-from ._validate import check_codes, check_matrix, is_torch
+from ._validate import check_codes, check_int, check_matrix, is_torch
 from .model import METRICS, Model
 
 CPU_BATCH = 16384
@@ -86,7 +87,21 @@ def _tensor(a: np.ndarray):
         return torch.from_numpy(a)
 
 
-def _raise_bad_row(fn: str, row: int):
+_NORM_MAX = float(np.sqrt(np.finfo(np.float32).max))  # ~1.84e19: a larger norm's square overflows float32
+_BAD_ROW = re.compile(r"^\w+: x row (\d+)( .*)$", re.S)
+
+
+def _raise_bad_row(fn: str, row: int, x=None):
+    """Raises for row ``row`` of x: NaN or Inf, or (when x is given and the row is finite) a norm that overflows
+    float32, which the float32 kernels cannot normalize."""
+    if x is not None:
+        r = x[row].detach().double().cpu().numpy() if is_torch(x) else np.asarray(x[row], dtype=np.float64)
+        if np.isfinite(r).all():
+            top = float(np.abs(r).max())
+            norm = top * float(np.linalg.norm(r / top)) if top > 0 else 0.0
+            raise ValueError(f"{fn}: x row {row} is finite but too large for float32: its norm {norm:.3g} (or that "
+                             f"of W x + b) exceeds {_NORM_MAX:.3g}, whose square float32 cannot hold (largest |value| "
+                             f"{top:.3g}); scale the embeddings down")
     raise ValueError(f"{fn}: x row {row} contains NaN or Inf")
 
 
@@ -240,7 +255,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
             if t.folded and screen:
                 x16, xn, dxn = x16_buf[:hi - lo], xn_buf[:hi - lo], dxn_buf[:hi - lo]
                 _C.norms_split(xb, tab, inv_s, x16, xn, dxn, nthreads=nt)
-                _check_bad(fn, inv_s, lo)
+                _check_bad(fn, inv_s, lo, x)
                 g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), M16, out=g16_buf[:hi - lo])
                 rescored[0] = 0
                 _C.screen_rescore(g16, xb, tab, inv_s, xn, dxn, cb, rescored, nthreads=nt)
@@ -249,23 +264,23 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                     tab, _ = _exec_tables(model, "cpu", False)
             elif t.folded:
                 _C.norms_split(xb, tab, inv_s, nthreads=nt)
-                _check_bad(fn, inv_s, lo)
+                _check_bad(fn, inv_s, lo, x)
                 _C.argmax_levels(torch.mm(_tensor(xb), M), xb, tab, inv_s, cb, nthreads=nt)
             else:
-                r = _rotate_cpu(fn, xb, model, t, nt, lo, inv_s)
+                r = _rotate_cpu(fn, xb, model, t, nt, lo, x, inv_s)
                 rt = torch.from_numpy(r)
                 _C.argmax_residual_levels(r, tab, lambda l: torch.mm(rt, Ct[l]), cb, nthreads=nt)
             bar.update(hi - lo)
     return codes
 
 
-def _check_bad(fn, inv_s, row0: int):
+def _check_bad(fn, inv_s, row0: int, x=None):
     bad = _first_bad(inv_s)
     if bad >= 0:
-        _raise_bad_row(fn, row0 + bad)
+        _raise_bad_row(fn, row0 + bad, x)
 
 
-def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int, inv_s=None) -> np.ndarray:
+def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int, x=None, inv_s=None) -> np.ndarray:
     """h = normalize(x W^T + b) for one float32 batch [B, d] (a new array): torch's GEMM, then normalize_rows."""
     import torch
 
@@ -275,7 +290,7 @@ def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int, inv_s=N
         h = torch.addmm(torch.from_numpy(t.bias), _tensor(xb), torch.from_numpy(t.wt)).numpy()
     inv_s = np.empty(len(h), dtype=np.float32) if inv_s is None else inv_s
     _C.normalize_rows(h, model.normalize, inv_s, nthreads=nt)
-    _check_bad(fn, inv_s, row0)
+    _check_bad(fn, inv_s, row0, x)
     return h
 
 
@@ -293,12 +308,12 @@ def _cuda_ready(fn: str, x):
     return x, torch.cuda.current_stream(x.device).cuda_stream
 
 
-def _check_finite_cuda(fn: str, inv_s, row0: int = 0):
+def _check_finite_cuda(fn: str, inv_s, row0: int = 0, x=None):
     import torch
 
     bad = ~torch.isfinite(inv_s)
     if bool(bad.any()):  # one device sync per call
-        _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]))
+        _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]), x)
 
 
 def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool, precision: str = "auto"):
@@ -338,7 +353,7 @@ def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool, precision:
                 _C.rotate(x[lo:hi], tt.wt, tt.bias, model.normalize, h[:hi - lo], inv_s[lo:hi], **ex)
                 _C.argmax_residual_levels(h[:hi - lo], tab, None, codes[lo:hi], **ex)
         if check_finite:
-            _check_finite_cuda(fn, inv_s)
+            _check_finite_cuda(fn, inv_s, 0, x)
     return codes
 
 
@@ -486,9 +501,7 @@ def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=Non
 def _check_batch(fn, batch_size):
     if batch_size is None:
         return None
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return check_int(fn, "batch_size", batch_size, 1)
 
 
 def transform(x, model: Model, *, batch_size: int | None = None):
@@ -516,7 +529,7 @@ def transform(x, model: Model, *, batch_size: int | None = None):
             inv_s = torch.empty((N,), dtype=torch.float32, device=x.device)
             if N:
                 _C.rotate(x, t.wt, t.bias, model.normalize, h, inv_s, stream=stream)
-                _check_finite_cuda(fn, inv_s)
+                _check_finite_cuda(fn, inv_s, 0, x)
         return h
     t = model._host_tables()
     get, N = _cpu_source(fn, x)
@@ -524,7 +537,7 @@ def transform(x, model: Model, *, batch_size: int | None = None):
     nt = _nthreads()
     for lo in range(0, N, bs):
         hi = min(N, lo + bs)
-        out[lo:hi] = _rotate_cpu(fn, get(lo, hi), model, t, nt, lo)
+        out[lo:hi] = _rotate_cpu(fn, get(lo, hi), model, t, nt, lo, x)
     if is_torch(x):
         import torch
 
@@ -577,16 +590,20 @@ def quantization_error(x, model: Model, *, depth: int | None = None, batch_size:
     fn = "quantization_error"
     model = _check_model(fn, model)
     check_matrix(fn, "x", x, model.d)
-    depth = model.L if depth is None else depth
-    if not isinstance(depth, (int, np.integer)) or not 1 <= depth <= model.L:
-        raise ValueError(f"{fn}: depth must be an integer in [1, {model.L}], got {depth!r}")
+    depth = check_int(fn, "depth", model.L if depth is None else depth, 1, model.L)
     bs = _check_batch(fn, batch_size) or CPU_BATCH
     N = x.shape[0]
     parts = []
     for lo in range(0, max(N, 1), bs):
         xb = x[lo:lo + bs]
-        h = transform(xb, model)
-        rec = decode(assign_codes(xb, model), model, depth)
+        try:
+            h = transform(xb, model)
+            rec = decode(assign_codes(xb, model), model, depth)
+        except ValueError as e:  # name this function and the row of x, not of the batch
+            m = _BAD_ROW.match(str(e))
+            if not m:
+                raise
+            raise ValueError(f"{fn}: x row {lo + int(m.group(1))}{m.group(2)}") from None
         parts.append(((h - rec) ** 2).sum(1))
     if is_torch(x):
         import torch

@@ -225,9 +225,9 @@ def test_bad_inputs(small_model):
 
 
 def test_decode_bad_codes(small_model):
-    with pytest.raises(ValueError, match=r"decode: codes\[1, 1\] = 3 is out of range for level 1 with 3 codewords"):
+    with pytest.raises(ValueError, match=r"decode: codes\[1, 1\] = 3 is outside \[0, 3\) \(levels\[1\] = 3\)"):
         hermes.decode(np.array([[0, 0], [1, 3]]), small_model)
-    with pytest.raises(ValueError, match=r"decode: codes\[0, 0\] = -1 is out of range"):
+    with pytest.raises(ValueError, match=r"decode: codes\[0, 0\] = -1 is outside"):
         hermes.decode(np.array([[-1, 0]]), small_model)
     with pytest.raises(TypeError, match=r"decode: codes must be an integer array"):
         hermes.decode(np.zeros((2, 2)), small_model)
