@@ -428,7 +428,8 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
     seed = check_seed(fn, seed)
     if sample is None or sample >= total:
         if len(shards) == 1 and shards[0].kind == "npy":
-            return shards[0].x
+            # a numpy.memmap, which fit streams instead of loading (the shard's own mapping is a plain ndarray)
+            return np.load(shards[0].path, mmap_mode="r", allow_pickle=False)
         parts = [b for s in shards for _, b in s.batches(batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, d.pop() if d else 0), np.float32)
     keep = np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
