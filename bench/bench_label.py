@@ -1,7 +1,7 @@
 """hermes label per input format, against the bare read/decode of the same file measured in the same run.
 
 Synthetic clustered unit vectors ([rows, 1024] float16 by default), one model (3 x 256, trained codebooks as in
-bench_assign), the same rows stored as: .npy float16, .safetensors float16, and parquet (no dictionary,
+bench_assign; --levels), the same rows stored as: .npy float16, .safetensors float16, and parquet (no dictionary,
 snappy): fixed_size_list<float16> in one row group and in 16k-row row groups, list<float32> in 16k-row row
 groups and in one row group. For each file, interleaved over the repeats (best of each):
 
@@ -106,11 +106,12 @@ def make_data(args) -> dict:
             os.replace(root / f".{stem}.tmp", p)
             print(f"# wrote {p}", flush=True)
         files[name] = p
-    model = root / f"model_{args.codebooks}.safetensors"
+    levels = tuple(int(k) for k in args.levels.split(","))
+    model = root / f"model_{args.codebooks}_{'x'.join(map(str, levels))}.safetensors"
     if not model.exists():
         from bench_assign import make_model
 
-        m = make_model(d, (256, 256, 256), np.asarray(x[:min(n, 100000)], dtype=np.float32),
+        m = make_model(d, levels, np.asarray(x[:min(n, 100000)], dtype=np.float32),
                        codebooks=args.codebooks)
         m.save(root / ".model.tmp.safetensors")
         os.replace(root / ".model.tmp.safetensors", model)
@@ -194,6 +195,9 @@ def main():
     ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--codebooks", choices=["trained", "sampled"], default="trained")
+    ap.add_argument("--levels", default="256,256,256",
+                    help="codebook sizes; small ones (8,8,8) make the assignment cheap, which isolates the reading "
+                         "pipeline's own cost, as on CPUs whose assignment is far faster than parquet decoding")
     ap.add_argument("--data-dir", default="/tmp/hermes-bench-label")
     ap.add_argument("--formats", default="", help="comma-separated substrings selecting formats (default: all)")
     args = ap.parse_args()
@@ -212,7 +216,7 @@ def main():
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     print(f"# {cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; rows={args.rows:,} "
-          f"d={args.d}, levels 256x256x256 ({args.codebooks} codebooks); best of {args.repeats}")
+          f"d={args.d}, levels {args.levels} ({args.codebooks} codebooks); best of {args.repeats}")
 
     x = np.load(all_files["npy float16"], mmap_mode="r")
     model = hermes.load(model_path)

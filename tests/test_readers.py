@@ -128,3 +128,11 @@ def test_parquet_paths_name_the_bad_row_and_stop_cleanly(tmp_path, row_group_siz
         it.close()
         np.testing.assert_array_equal(b, x[:16])
         assert [lo for lo, _ in s.batches(128)] == list(range(0, 300, 70))  # batches stop at row groups
+
+
+def test_read_embeddings_of_one_npy_is_a_memmap(tmp_path):
+    """fit streams a numpy.memmap batch by batch (it loads any other array whole)."""
+    x = np.random.default_rng(4).standard_normal((50, 8)).astype(np.float16)
+    np.save(tmp_path / "a.npy", x)
+    got = R.read_embeddings(tmp_path / "a.npy")
+    assert isinstance(got, np.memmap) and np.array_equal(got, x)
