@@ -19,9 +19,10 @@ large corpus) and one sort otherwise.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
+
+from ._validate import check_codes, check_int, to_numpy as _to_numpy
 
 __all__ = [
     "DEFAULT_K", "bucket_ids", "all_bucket_ids", "unpack", "bucket_sizes", "occupied",
@@ -35,27 +36,6 @@ _BINCOUNT_MAX = 1 << 26  # id ranges up to this are counted with np.bincount (<=
 # ----------------------------------------------------------------------------------------------
 # Boundary checks (shared with hermes.metrics and hermes.mix)
 
-def _to_numpy(a):
-    """numpy view of ``a``; torch tensors go through ``.detach().cpu().numpy()`` (torch is never imported)."""
-    if type(a).__module__.split(".")[0] == "torch":
-        a = a.detach().cpu().numpy()
-    return np.asarray(a)
-
-
-def _check_int(value, fn: str, name: str, lo=None, hi=None) -> int:
-    """``value`` as a Python int within [lo, hi]; bools and floats are refused."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{fn}: {name} must be an integer, got {type(value).__name__} {value!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{fn}: {name} must be in {rng}, got {value}")
-    return value
-
-
 def _resolve_levels(levels, n_levels, fn: str) -> tuple:
     """Codebook sizes (K_1, ..., K_L) as a tuple of ints; L must equal ``n_levels`` unless None."""
     if levels is None:
@@ -65,7 +45,7 @@ def _resolve_levels(levels, n_levels, fn: str) -> tuple:
     if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__"):
         raise TypeError(f"{fn}: levels must be a sequence of codebook sizes or an object with "
                         f".levels, got {type(levels).__name__}")
-    out = tuple(_check_int(k, fn, "levels", lo=1) for k in _to_numpy(levels).tolist())
+    out = tuple(check_int(fn, "levels", k, lo=1) for k in _to_numpy(levels).tolist())
     if n_levels is not None and len(out) != n_levels:
         raise ValueError(f"{fn}: levels has {len(out)} entries {out}, but codes have {n_levels} "
                          f"columns; pass one codebook size per level")
@@ -73,33 +53,28 @@ def _resolve_levels(levels, n_levels, fn: str) -> tuple:
 
 
 def _check_codes(codes, levels, fn: str, name: str = "codes"):
-    """Validate a code matrix against its codebook sizes.
+    """Validate a code matrix against its codebook sizes (``levels`` resolved as above).
 
     Returns (codes [N, L] integer numpy array, levels tuple of L ints).
     """
     codes = _to_numpy(codes)
-    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-        raise (ValueError if codes.ndim != 2 else TypeError)(
-            f"{fn}: {name} must be a 2-d integer array [N, L], got shape {codes.shape} "
-            f"dtype {codes.dtype}")
+    if codes.ndim != 2:
+        raise ValueError(f"{fn}: {name} must be a 2-d integer array [N, L], got shape {codes.shape} "
+                         f"dtype {codes.dtype}")
     if codes.shape[1] == 0:
         raise ValueError(f"{fn}: {name} must have at least one level, got shape {codes.shape}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise TypeError(f"{fn}: {name} must be a 2-d integer array [N, L], got shape {codes.shape} "
+                        f"dtype {codes.dtype}")
     levels = _resolve_levels(levels, codes.shape[1], fn)
-    if codes.shape[0]:
-        for l, k in enumerate(levels):
-            col = codes[:, l]
-            lo, hi = int(col.min()), int(col.max())
-            if lo < 0 or hi >= k:
-                row = int(np.flatnonzero((col < 0) | (col >= k))[0])
-                raise ValueError(f"{fn}: {name}[{row}, {l}] = {int(col[row])} is outside "
-                                 f"[0, {k}) (levels[{l}] = {k}); first bad row {row}, column {l}")
+    check_codes(fn, name, codes, levels)
     if codes.dtype == np.uint64:  # numpy mixes uint64 with int64 into float64
         codes = codes.astype(np.int64)
     return codes, levels
 
 
 def _check_depth(depth, n_levels: int, fn: str, lo: int = 1) -> int:
-    return _check_int(depth, fn, "depth", lo=lo, hi=n_levels)
+    return check_int(fn, "depth", depth, lo=lo, hi=n_levels)
 
 
 def _check_ids(ids, fn: str, name: str = "ids") -> np.ndarray:
@@ -237,7 +212,7 @@ def unpack(ids, depth: int, levels=None) -> np.ndarray:
     fn = "unpack"
     ids = _check_ids(ids, fn)
     if levels is None:
-        depth = _check_int(depth, fn, "depth", lo=1)
+        depth = check_int(fn, "depth", depth, lo=1)
         levels = (DEFAULT_K,) * depth
     else:
         levels = _resolve_levels(levels, None, fn)
@@ -283,7 +258,7 @@ def pool_sizes(codes, levels=None, depth: int = 1, small: int = 30) -> dict:
     fn = "pool_sizes"
     codes, levels = _check_codes(codes, levels, fn)
     depth = _check_depth(depth, codes.shape[1], fn)
-    small = _check_int(small, fn, "small", lo=0)
+    small = check_int(fn, "small", small, lo=0)
     nominal = _radix(levels, depth, fn)
     _, sizes, _ = _group(_pack(codes, depth, levels), inverse=False)
     return dict(depth=depth, name=depth_name(depth), n_docs=int(codes.shape[0]), nominal=nominal,
@@ -324,7 +299,7 @@ def summary_table(codes, levels=None, small: int = 30) -> list:
     """
     fn = "summary_table"
     codes, levels = _check_codes(codes, levels, fn)
-    small = _check_int(small, fn, "small", lo=0)
+    small = check_int(fn, "small", small, lo=0)
     rows, ids = [], None
     for depth in range(1, codes.shape[1] + 1):
         nominal = _radix(levels, depth, fn)

@@ -15,6 +15,8 @@ import click
 import numpy as np
 
 from ._version import __version__
+from ._io import IMAGE_SUFFIXES, Output, check_outputs, owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, \
+    owns_image
 from ._io import atomic_path as _atomic_path
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
@@ -159,7 +161,7 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
               help="Assignment metric at each stage.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: fit's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Minibatch size (default: fit's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--device", default=None, help="torch device for training (cpu, cuda, cuda:N).")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
               help="Write a checkpoint per epoch here.")
@@ -172,7 +174,7 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
 def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
         column, tensor, progress):
     """Fit a model on embeddings INPUT... (.npy, .safetensors, parquet) and save it to --out."""
-    from .label import read_embeddings
+    from .readers import read_embeddings
 
     try:
         from . import train
@@ -180,6 +182,7 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
         raise click.ClickException(f"hermes.train is not available in this build ({e})") from None
     if resume and not checkpoint_dir:
         raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
+    _check_fit_outputs(list(inputs), out, checkpoint_dir)
     t0 = time.perf_counter()
     x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
@@ -195,6 +198,32 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
 
 
+def _input_files(inputs) -> list:
+    """(what, path) for every input argument and, for a directory, every shard file in it."""
+    from .label import SUFFIXES
+
+    out = []
+    for p in map(Path, inputs):
+        out.append(("the input", p))
+        if p.is_dir():
+            out += [("the input", q) for q in sorted(p.iterdir()) if q.suffix.lower() in SUFFIXES]
+    return out
+
+
+def _check_fit_outputs(inputs, out, checkpoint_dir) -> None:
+    from .model import FORMAT
+
+    outputs = [Output("--out", out, owns_hermes_safetensors(FORMAT), kind="a hermes model")]
+    if checkpoint_dir:
+        outputs.append(Output("--checkpoint-dir", checkpoint_dir, is_dir=True))
+    check_outputs("hermes fit", outputs, _input_files(inputs))
+    if checkpoint_dir:
+        for what, p in _input_files(inputs):
+            if Path(p).is_dir() and Path(p).resolve() == Path(checkpoint_dir).resolve():
+                raise ValueError(f"hermes fit: --checkpoint-dir {checkpoint_dir} is the input directory {p}; "
+                                 f"give checkpoints their own directory")
+
+
 # ---------------------------------------------------------------------------------------- label
 @main.command("label", short_help="Label embedding shards (alias: assign).")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
@@ -207,8 +236,20 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
               help="Rows per batch (bounds the memory).")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available).")
 @click.option("--overwrite", is_flag=True, help="Relabel shards whose output already exists.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray Data actor pool over the shards' row ranges (--batch-size rows "
+              "per range; needs hermes-rvq[ray]).")
+@click.option("--address", default=None, help="--engine ray: address of a running Ray cluster (default: start a "
+              "local one).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="--engine ray: actors (default: as many as the cluster's CPUs/GPUs allow).")
+@click.option("--num-cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="--engine ray: CPUs per actor (threads of its CPU executor).")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="--engine ray: GPUs per actor (> 0: actors label on CUDA).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overwrite, progress):
+def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overwrite, engine, address, concurrency,
+              num_cpus_per_worker, num_gpus_per_worker, progress):
     """Label embedding shards INPUT... (files or directories) into --out, one parquet file per shard.
 
     Alias: `hermes assign`. Each output holds row, c1..cL and bucket_L1.. ids; it appears only when complete,
@@ -216,12 +257,45 @@ def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overw
     """
     from .label import label
 
+    ray_opts = dict(address=address, concurrency=concurrency, num_cpus_per_worker=num_cpus_per_worker,
+                    num_gpus_per_worker=num_gpus_per_worker)
+    if engine == "local" and any(ray_opts[k] is not None for k in ("address", "concurrency")):
+        raise click.BadParameter("--address and --concurrency need --engine ray", param_hint="--engine")
     rep = label(list(inputs), model_path, out, column=column, tensor=tensor, batch_size=batch_size,
-                device=device, progress=progress, overwrite=overwrite)
+                device=device, progress=progress, overwrite=overwrite, engine=engine,
+                ray_options=ray_opts if engine == "ray" else None)
     n = len(rep.manifest["shards"])
     click.echo(f"labeled {len(rep.labeled)} shard(s) ({rep.rows_labeled:,} rows, "
                f"{_rate(rep.rows_labeled, rep.seconds)}), {len(rep.skipped)} already done; "
                f"{out}/manifest.json lists {n} shard(s), {rep.rows:,} rows")
+    if rep.nodes:
+        click.echo(f"ray: {len(rep.nodes)} node(s) labeled " +
+                   ", ".join(f"{rows:,} rows on {node[:8]}" for node, rows in sorted(rep.nodes.items())))
+
+
+# -------------------------------------------------------------------------------------- convert
+@main.command(short_help="Rewrite embedding shards as .npy (the fastest format to label).")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet inputs.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors inputs (default: the only 2-d one).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Output dtype (default: the input's; bfloat16 and float64 become float32).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Rows per batch (bounds the memory).")
+@click.option("--overwrite", is_flag=True, help="Replace existing .npy outputs (never an input).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def convert(inputs, out, column, tensor, dtype, batch_size, overwrite, progress):
+    """Rewrite embedding shards INPUT... (parquet, safetensors, .npy; files or directories) as OUT/<stem>.npy.
+
+    hermes label memory-maps .npy shards (no decoding); a parquet list column is decoded value by value, several
+    times slower than labeling. Each output appears only when complete; inputs are never replaced.
+    """
+    from .convert import convert as run
+
+    rep = run(list(inputs), out, column=column, tensor=tensor, dtype=dtype, batch_size=batch_size,
+              overwrite=overwrite, progress=progress, fn="hermes convert")
+    click.echo(f"converted {len(rep.outputs)} shard(s) ({rep.rows:,} rows, {_rate(rep.rows, rep.seconds)}) -> {out}")
 
 
 # ---------------------------------------------------------------------------------------- stats
@@ -241,41 +315,79 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
 @click.option("--labels-col", "classes_col", default=None, help="Column/key of --labels, or alone: a column of "
               "the labels files or of their parquet sources.")
 @click.option("--k", type=click.IntRange(min=0), default=10, show_default=True, help="Recall@k (0: skip it).")
-@click.option("--queries", type=click.IntRange(min=1), default=10000, show_default=True,
-              help="Recall@k query documents (all when N is at most this).")
+@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Recall@k query documents, drawn with --seed and searched against all scored documents (all "
+              "documents are queries when there are at most this many).")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Score centroid cosine and Recall@k on this many documents drawn with --seed (default: all).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the query and document samples.")
+@click.option("--memory", "memory_mb", type=click.IntRange(min=16), default=256, show_default=True,
+              help="MiB for per-bucket sums; more buckets than fit are summed in further passes over the rows.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--small", type=click.IntRange(min=0), default=30, show_default=True,
               help="share_below counts buckets with fewer documents than this.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw bucket-size distributions per depth to this image (needs matplotlib).")
-def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, small, plot):
+def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, sample, seed, memory_mb,
+          progress, small, plot):
     """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
+    from ._stream import EmbeddingStream
     from .buckets import format_table, summary_table
-    from .label import read_embeddings, read_labels
-    from .metrics import format_report, report
+    from .label import read_labels
+    from .metrics import format_report, report, report_streaming
+    from .readers import expand_inputs, open_shard
 
     if plot:
-        _require_matplotlib()
+        if Path(plot).suffix.lower() not in IMAGE_SUFFIXES:
+            raise click.BadParameter(f"{plot} must end in one of {', '.join(IMAGE_SUFFIXES)} (the image format)",
+                                     param_hint="--plot")
     lab = read_labels(list(labels_paths), fn="hermes stats")
+    if plot:
+        ins = _labels_inputs(labels_paths, lab) + [("the --embeddings", p) for _, p in _input_files(embeddings)] + \
+            [("the --labels file", classes_file)]
+        check_outputs("hermes stats", [Output("--plot", plot, owns_image, kind="an image")], ins)
+        _require_matplotlib()
     n = lab.codes.shape[0]
-    x = None
-    if embeddings:
-        x = read_embeddings(list(embeddings), column=column, tensor=tensor, fn="hermes stats")
-        if x.shape[0] != n:
-            raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {x.shape[0]:,} rows, the labels hold {n:,}")
-        if isinstance(x, np.memmap):
-            x = np.array(x)  # the metrics need every row in memory; a read-only map upsets torch.from_numpy
     classes = _per_row(lab, classes_file, classes_col, "labels")
-    rows = report(x, lab.codes, lab.levels, labels=classes, k=(k or None), small=small, exact_max=queries,
-                  sample=queries)
+    note = ""
+    if embeddings:
+        shards = [open_shard(p, column=column, tensor=tensor, fn="hermes stats")
+                  for p in expand_inputs("hermes stats", list(embeddings))]
+        stream = EmbeddingStream(shards, fn="hermes stats")
+        if stream.n != n:
+            raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {stream.n:,} rows, the labels hold {n:,}")
+        rows, info = report_streaming(stream, lab.codes, lab.levels, labels=classes, k=(k or None), queries=queries,
+                                      sample=sample, seed=seed, small=small, memory=memory_mb << 20,
+                                      progress=progress)
+        scored = (f"a sample of {info['n_scored']:,} documents (seed {seed})" if info["sampled"]
+                  else f"all {info['n_scored']:,} documents")
+        note = f"centroid_cosine over {scored}"
+        if k:
+            q = info["queries"]
+            note += (f"; recall_at_k (k={k}): {'every document' if q == info['n_scored'] else f'{q:,} seeded queries'}"
+                     f" searched against {scored}")
+    else:
+        rows = report(None, lab.codes, lab.levels, labels=classes, k=None, small=small)
     cols = [c for c in _METRIC_COLS if c in rows[0]]
     click.echo(f"{n:,} documents in {len(lab.files)} labels file(s), levels {','.join(map(str, lab.levels))}")
     click.echo(format_report(rows, cols))
+    if note:
+        click.echo(note)
     click.echo("")
     click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small})")
     click.echo(format_table(summary_table(lab.codes, lab.levels, small=small), _POOL_COLS))
     if plot:
         _plot_sizes(lab, Path(plot))
         click.echo(f"plot -> {plot}")
+
+
+def _labels_inputs(labels_paths, lab) -> list:
+    """(what, path) for every LABELS argument, the labels files and manifests read, and their sources."""
+    from .label import MANIFEST
+
+    ins = [("the input LABELS", p) for p in labels_paths] + [("the labels file", f) for f in lab.files]
+    ins += [("the manifest", Path(p) / MANIFEST) for p in labels_paths if Path(p).is_dir()]
+    return ins + [("the labels' source", s) for s in lab.sources if s]
 
 
 def _require_matplotlib():
@@ -345,7 +457,7 @@ def _parse_stage1(value: str):
 @click.option("--tokens", "tokens_file", default=None, help="Token counts per row (makes --budget a token budget).")
 @click.option("--tokens-col", default=None, help="Column of the token counts (as --quality-col).")
 @click.option("--replace", is_flag=True, help="Draw with replacement.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Drawn documents (parquet: shard, row, bucket, l1), in draw order.")
 @click.option("--plan", default=None, type=click.Path(dir_okay=False),
@@ -365,6 +477,14 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     if depth > lab.codes.shape[1]:
         raise click.BadParameter(f"the labels have {lab.codes.shape[1]} levels; depth {depth} is too deep",
                                  param_hint="--depth")
+    out = Path(out)
+    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
+    ins = _labels_inputs(labels_paths, lab) + [("the --quality file", quality_file), ("the --tokens file", tokens_file)]
+    if isinstance(stage1, str) and stage1 not in ("uniform", "proportional"):
+        ins.append(("the --stage1 file", stage1))
+    owns_plan = owns_csv_header("l1,bucket") if plan.suffix.lower() == ".csv" else owns_hermes_parquet("hermes-mix-plan")
+    check_outputs("hermes mix", [Output("--out", out, owns_hermes_parquet("hermes-mix"), kind="a hermes mix sample"),
+                                 Output("--plan", plan, owns_plan, kind="a hermes mix plan")], ins)
     quality = _per_row(lab, quality_file, quality_col, "quality")
     if quality is not None:
         quality = _check_finite_rows(lab, quality, "quality", quality_file or f"column {quality_col!r}")
@@ -394,8 +514,6 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     table = pa.table({"shard": shard_names, "row": lab.rows[idx], "bucket": bid,
                       "l1": lab.codes[idx, 0].astype(np.int64)})
     table = table.replace_schema_metadata({"hermes": json.dumps(meta)})
-    out = Path(out)
-    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
     cols = {k: np.asarray(v) for k, v in pl.items()}
     prefix = unpack(cols["bucket"], depth, lab.levels)
     pt = pa.table({"l1": cols.pop("l1"), "bucket": cols.pop("bucket"),
@@ -405,13 +523,27 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
 
         _atomic_path(plan, lambda tmp: pcsv.write_csv(pt, tmp))
     else:
-        _atomic_path(plan, lambda tmp: pq.write_table(pt.replace_schema_metadata({"hermes": json.dumps(meta)}), tmp))
+        _atomic_path(plan, lambda tmp: pq.write_table(pt.replace_schema_metadata(
+            {"hermes": json.dumps({**meta, "format": "hermes-mix-plan"})}), tmp))
     _atomic_path(out, lambda tmp: pq.write_table(table, tmp))
     drawn = int((cols["drawn"] > 0).sum())
     unit = f"{float(tokens[idx].sum()):,.0f} tokens in " if tokens is not None else ""
     click.echo(f"drew {unit}{idx.size:,} documents from {drawn:,} of {cols['size'].size:,} {depth_name(depth)} "
                f"buckets (stage1={stage1}, stage2={stage2}{', with replacement' if replace else ''}) -> {out}; "
                f"plan -> {plan}")
+    l1, first = np.unique(pt.column("l1").to_numpy(), return_index=True)
+    tgt, got, ex = cols["l1_target"][first], cols["l1_drawn"][first], cols["l1_exhausted"][first]
+    w = cols["l1_weight"][first]
+    dev = float(np.abs(got - tgt).max()) if got.size else 0.0
+    line = (f"L1 buckets: {int((w > 0).sum()):,} with weight > 0; drawn vs target per L1 bucket: max |drawn - target| "
+            f"= {dev:.3g} documents")
+    if ex.any():
+        ids = ", ".join(f"{int(b)} ({int(g):,} of target {t:,.1f})" for b, g, t in zip(l1[ex][:8], got[ex][:8], tgt[ex][:8]))
+        line += (f"; {int(ex.sum()):,} exhausted (every eligible document drawn), their excess spread over the "
+                 f"others by weight: {ids}{', ...' if ex.sum() > 8 else ''}")
+    else:
+        line += "; none exhausted"
+    click.echo(line + " (per-L1 columns l1_weight, l1_eligible, l1_target, l1_drawn, l1_exhausted in the plan)")
 
 
 # -------------------------------------------------------------------------------------- explore

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path
+from ._io import Output, atomic_path, check_outputs
 
 __all__ = ["explore", "ExploreReport"]
 
@@ -52,6 +52,7 @@ KEEP_CHARS = 300  # characters of a text kept in memory
 TEXT_CHARS = 200  # characters of a sample text on the page (cut shorter if the page would exceed max_bytes)
 MAX_BYTES = 12 * 2 ** 20
 CORPUS_DOCS = 1_000_000  # documents whose terms give the corpus frequencies (all when N is at most this)
+GENERATOR = '<meta name="generator" content="hermes explore">'
 MAX_DEPTH = 3  # depths shown (L1, L12, L123)
 COMMON = 0.1  # terms held by more than this share of the corpus are never distinctive
 _SUM_BYTES = 1 << 30  # per-depth limit on the centroid sums; a deeper depth over it gets no centroid cosine
@@ -320,7 +321,7 @@ def _paths(fn: str, what: str, value) -> list:
 def _label_meta(fn: str, labels):
     from .label import LABEL_FORMAT, _label_files, _read_meta
 
-    files = _label_files(fn, labels)
+    files = [f for f, _ in _label_files(fn, labels)]
     levels, model, rows = None, None, []
     for f in files:
         if not f.is_file():
@@ -347,7 +348,7 @@ def _code_chunks(files, L: int, batch: int):
 
 
 def _emb_chunks(fn: str, paths: list, column: str, tensor, batch: int):
-    from .label import open_shard
+    from .readers import open_shard
 
     d = None
     for p in paths:
@@ -601,6 +602,15 @@ def _sample_docs(st: dict, depth: int, bid: int) -> list:
     return r.rows[a:z][leaf == bid].tolist()
 
 
+def _owns_page(path: Path) -> bool:
+    """An existing file explore may replace: a page it wrote (its generator tag near the top)."""
+    try:
+        with open(path, "rb") as f:
+            return GENERATOR.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
 def _render(data: dict) -> str:
     from ._explore_page import PAGE
 
@@ -656,12 +666,9 @@ def explore(labels, texts, out, *, text_field: str, plan=None, embeddings=None, 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"{fn}: out must be an .html file, got {out}")
-    inputs = [*files, *text_paths, *emb_paths] + ([Path(plan)] if plan is not None else [])
-    for p in inputs:
-        if out.exists() and p.exists() and os.path.samefile(out, p):
-            raise ValueError(f"{fn}: out {out} is one of the inputs ({p}); it would be overwritten")
-    if out.exists() and out.is_dir():
-        raise ValueError(f"{fn}: out {out} is a directory")
+    inputs = [("the labels file", f) for f in files] + [("the texts file", p) for p in text_paths] + \
+        [("the embeddings file", p) for p in emb_paths] + ([("the plan", Path(plan))] if plan is not None else [])
+    check_outputs(fn, [Output("out", out, _owns_page, kind="a hermes explore page")], inputs)
     L, N = len(levels), int(sum(file_rows))
     D = min(L, MAX_DEPTH)
     res_depths = max(D - 1, 1)

@@ -1,11 +1,7 @@
 """Streaming labeling: embedding shards on disk -> one parquet file of codes and bucket ids per shard.
 
-Inputs are shards of ``[N, d]`` embeddings:
-
-- ``.npy``: memory-mapped, read batch by batch;
-- ``.safetensors``: one 2-d tensor, or the one named by ``tensor=`` (read by slices, bf16 included);
-- ``.parquet``: a ``list`` / ``large_list`` / ``fixed_size_list`` float column (``column=``), read in
-  record batches; each batch becomes a 2-d array through the flattened child values (no Python loop).
+Inputs are shards of ``[N, d]`` embeddings read by :mod:`hermes.readers` (``.npy``, ``.safetensors``,
+``.parquet``).
 
 For every input shard ``<stem>.<ext>`` :func:`label` writes ``out_dir/<stem>.parquet`` with the columns
 
@@ -28,17 +24,19 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from ._io import atomic_path, fsync_path, publish_mode
+from ._io import atomic_path, fsync_path, publish_mode, user_os_error
+from ._validate import check_int
 from .model import Model, load
+from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
 
 __all__ = ["label", "read_labels", "Labels", "read_embeddings", "open_shard", "label_columns", "LabelReport",
            "LABEL_FORMAT", "SUFFIXES"]
@@ -47,264 +45,10 @@ LABEL_FORMAT = "hermes-labels"
 LABEL_FORMAT_VERSION = 1
 META_KEY = b"hermes"
 MANIFEST = "manifest.json"
-SUFFIXES = (".npy", ".safetensors", ".parquet")
-DEFAULT_BATCH = 65536
-_FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
 
 
 def _on_batch_written(source: str, rows_done: int) -> None:
     """Test hook, called after each batch is written to a shard's temporary file (a no-op)."""
-
-
-# -------------------------------------------------------------------------------------- readers
-class _Shard:
-    """One input shard: ``n`` rows of dimension ``d``; ``batches(bs)`` yields (row0, float array [b, d])."""
-
-    kind = ""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.n = 0
-        self.d = 0
-        self.dtype = ""
-
-    def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, n={self.n}, d={self.d}, dtype={self.dtype})"
-
-
-class _NpyShard(_Shard):
-    kind = "npy"
-
-    def __init__(self, fn: str, path: Path):
-        super().__init__(path)
-        try:
-            x = np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception as e:
-            raise ValueError(f"{fn}: {path} is not a readable .npy file (truncated or corrupted?): {e}") from None
-        if x.dtype.kind != "f":
-            raise ValueError(f"{fn}: {path} holds {x.dtype} values; embeddings must be float16/32/64")
-        if x.ndim != 2:
-            raise ValueError(f"{fn}: {path} holds a {x.ndim}-d array of shape {x.shape}; embeddings must be "
-                             f"2-d [N, d]")
-        self.x, (self.n, self.d), self.dtype = x, x.shape, str(x.dtype)
-
-    def batches(self, batch_size):
-        for lo in range(0, self.n, batch_size):
-            # A read-only view of the mapping: the consumers only read it (assign_codes converts or reads it
-            # in place; the CUDA pipeline copies it into pinned memory), so no extra copy of every batch.
-            yield lo, self.x[lo:lo + batch_size]
-
-    def close(self):
-        self.x = None
-
-
-class _SafetensorsShard(_Shard):
-    kind = "safetensors"
-    _DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-
-    def __init__(self, fn: str, path: Path, tensor: str | None):
-        super().__init__(path)
-        from safetensors import safe_open
-
-        try:
-            self.f = safe_open(str(path), framework="pt")
-            names = list(self.f.keys())
-        except Exception as e:
-            raise ValueError(f"{fn}: {path} is not a readable .safetensors file (truncated or corrupted?): "
-                             f"{e}") from None
-        if tensor is None:
-            two_d = [k for k in names if len(self.f.get_slice(k).get_shape()) == 2]
-            if len(two_d) != 1:
-                raise ValueError(f"{fn}: {path} holds {len(two_d)} 2-d tensors {two_d[:8]}; name the embeddings "
-                                 f"with tensor= (CLI: --tensor)")
-            tensor = two_d[0]
-        elif tensor not in names:
-            raise ValueError(f"{fn}: {path} has no tensor {tensor!r} (tensors: {names[:8]})")
-        self.slice = self.f.get_slice(tensor)
-        shape, dt = self.slice.get_shape(), self.slice.get_dtype()
-        if dt not in self._DTYPES:
-            raise ValueError(f"{fn}: {path}: tensor {tensor!r} has dtype {dt}; embeddings must be F16, BF16, F32 "
-                             f"or F64")
-        if len(shape) != 2:
-            raise ValueError(f"{fn}: {path}: tensor {tensor!r} has shape {shape}; embeddings must be 2-d [N, d]")
-        (self.n, self.d), self.dtype, self.tensor = shape, self._DTYPES[dt], tensor
-
-    def batches(self, batch_size):
-        import torch
-
-        for lo in range(0, self.n, batch_size):
-            t = self.slice[lo:lo + batch_size]
-            yield lo, (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-
-    def close(self):
-        self.slice = self.f = None
-
-
-def _list_to_matrix(fn: str, arr, where: str, row0: int, d_expected: int | None = None) -> np.ndarray:
-    """A pyarrow list / fixed-size-list array of floats -> numpy [n, d], via the flattened values.
-
-    ``row0`` is the shard row of ``arr[0]`` (for messages); ``d_expected`` the dimension every row must have.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    n = len(arr)
-    if arr.null_count:
-        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{fn}: {where}: row {row0 + row} is null")
-    if pa.types.is_fixed_size_list(arr.type):
-        d = arr.type.list_size
-    else:
-        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-        d = d_expected if d_expected is not None else (int(lengths[0]) if n else 0)
-        if n and (lengths != d).any():
-            row = int(np.flatnonzero(lengths != d)[0])
-            raise ValueError(f"{fn}: {where}: row {row0 + row} has {lengths[row]} values, row 0 has {d}; "
-                             f"every embedding must have the same dimension")
-    values = arr.flatten()
-    if values.null_count:
-        bad = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ValueError(f"{fn}: {where}: row {row0 + bad // max(d, 1)} contains a null value")
-    m = values.to_numpy(zero_copy_only=False).reshape(n, d)
-    return m if m.flags.writeable else m.copy()  # arrow memory is read-only, which torch.from_numpy warns about
-
-
-class _ParquetShard(_Shard):
-    kind = "parquet"
-
-    def __init__(self, fn: str, path: Path, column: str):
-        super().__init__(path)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.fn, self.column = fn, column
-        try:
-            self.pf = pq.ParquetFile(path)
-            schema = self.pf.schema_arrow
-        except Exception as e:
-            raise ValueError(f"{fn}: {path} is not a readable parquet file (truncated or corrupted?): {e}") from None
-        if column not in schema.names:
-            raise ValueError(f"{fn}: {path} has no column {column!r} (columns: {schema.names[:12]}); "
-                             f"set column= (CLI: --column)")
-        t = schema.field(column).type
-        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
-                or not pa.types.is_floating(t.value_type):
-            raise ValueError(f"{fn}: {path}: column {column!r} has type {t}; embeddings must be a list or "
-                             f"fixed-size list of floats")
-        self.n, self.dtype = self.pf.metadata.num_rows, str(t.value_type).replace("halffloat", "float16")
-        self.dtype = {"float": "float32", "double": "float64"}.get(self.dtype, self.dtype)
-        if pa.types.is_fixed_size_list(t):
-            self.d = t.list_size
-        elif self.n:
-            first = next(self.pf.iter_batches(batch_size=1, columns=[column]))
-            self.d = _list_to_matrix(fn, first.column(0), f"{path}, column {column!r}", 0).shape[1]
-
-    def batches(self, batch_size):
-        lo = 0
-        where = f"{self.path}, column {self.column!r}"
-        try:
-            for rb in self.pf.iter_batches(batch_size=batch_size, columns=[self.column]):
-                x = _list_to_matrix(self.fn, rb.column(0), where, lo, self.d)
-                yield lo, x
-                lo += x.shape[0]
-        except (OSError, ValueError) as e:
-            if str(e).startswith(f"{self.fn}:"):
-                raise
-            raise ValueError(f"{self.fn}: {self.path} could not be read near row {lo} (corrupted?): {e}") from None
-        if lo != self.n:
-            raise ValueError(f"{self.fn}: {self.path} yielded {lo} rows, its footer says {self.n} (corrupted?)")
-
-    def close(self):
-        self.pf = None
-
-
-def open_shard(path, *, column: str = "embedding", tensor: str | None = None, fn: str = "open_shard") -> _Shard:
-    """Opens one embedding shard for streaming (nothing is read but headers and footers).
-
-    Args:
-        path: a ``.npy``, ``.safetensors`` or ``.parquet`` file.
-        column: the parquet column holding the embeddings (list or fixed-size list of floats).
-        tensor: the safetensors tensor name (default: the file's only 2-d tensor).
-
-    Returns:
-        a shard with ``n``, ``d``, ``dtype``, ``path`` and ``batches(batch_size)`` yielding
-        ``(row0, float array [b, d])``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{fn}: no such file: {path}")
-    ext = path.suffix.lower()
-    if ext == ".npy":
-        return _NpyShard(fn, path)
-    if ext == ".safetensors":
-        return _SafetensorsShard(fn, path, tensor)
-    if ext == ".parquet":
-        return _ParquetShard(fn, path, column)
-    raise ValueError(f"{fn}: {path} has an unsupported extension {ext!r}; use one of {', '.join(SUFFIXES)}")
-
-
-def _expand_inputs(fn: str, inputs) -> list[Path]:
-    """Paths from a path, a list of paths, or directories (their supported files, sorted)."""
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    out = []
-    for p in inputs:
-        p = Path(p)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES and not q.name.startswith("."))
-            if not found:
-                raise ValueError(f"{fn}: directory {p} holds no {'/'.join(SUFFIXES)} files")
-            out += found
-        elif not p.exists():
-            raise FileNotFoundError(f"{fn}: no such file: {p}")
-        else:
-            out.append(p)
-    if not out:
-        raise ValueError(f"{fn}: no input shards given")
-    return out
-
-
-def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = None, sample: int | None = None,
-                    seed: int = 0, batch_size: int = DEFAULT_BATCH, fn: str = "read_embeddings") -> np.ndarray:
-    """Reads shards into one ``[N, d]`` array (float16 kept, bf16/float64 as float32), or ``sample`` random rows.
-
-    With ``sample`` (< total rows), a uniform sample without replacement is read batch by batch, in shard
-    order (memory bounded by the sample). A single ``.npy`` shard read whole is returned memory-mapped.
-    """
-    shards = [open_shard(p, column=column, tensor=tensor, fn=fn) for p in _expand_inputs(fn, inputs)]
-    d = {s.d for s in shards}
-    if len(d) > 1:
-        raise ValueError(f"{fn}: the inputs have different dimensions: " +
-                         ", ".join(f"{s.path} d={s.d}" for s in shards))
-    total = sum(s.n for s in shards)
-    if sample is not None and (not isinstance(sample, (int, np.integer)) or sample < 1):
-        raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
-    if sample is None or sample >= total:
-        if len(shards) == 1 and shards[0].kind == "npy":
-            return shards[0].x
-        parts = [b for s in shards for _, b in s.batches(batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, d.pop() if d else 0), np.float32)
-    keep = np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
-    parts, base = [], 0
-    for s in shards:
-        mine = keep[(keep >= base) & (keep < base + s.n)] - base
-        if s.kind == "npy":
-            parts.append(np.asarray(s.x[mine]))
-        elif mine.size:
-            for lo, b in s.batches(batch_size):
-                sel = mine[(mine >= lo) & (mine < lo + b.shape[0])] - lo
-                if sel.size:
-                    parts.append(b[sel])
-        base += s.n
-    return np.concatenate(parts)
 
 
 # --------------------------------------------------------------------------------------- output
@@ -363,56 +107,6 @@ def _read_meta(path: Path) -> tuple[dict | None, int]:
         return None, -1
 
 
-# ----------------------------------------------------------------------------------------- CUDA
-def _cuda_codes(batches, model: Model, device, batch_size: int, d: int):
-    """Pipelined CUDA labeling: yields (row0, codes [b, L] numpy) one batch behind the input.
-
-    Two pinned host buffers and two device buffers: batch i+1 is copied host->device on a side stream
-    while the kernels label batch i on the current stream; codes come back through pinned memory. The
-    only host wait is on batch i-1's completion event, after batch i has been queued.
-    """
-    import torch
-
-    from .assign import assign_codes
-
-    dev = torch.device(device)
-    compute, copy = torch.cuda.current_stream(dev), torch.cuda.Stream(dev)
-    L, slots, pending = model.L, [], None
-    for _ in range(2):
-        slots.append(dict(
-            host=torch.empty((batch_size, d), dtype=torch.float32, pin_memory=True),
-            dev=torch.empty((batch_size, d), dtype=torch.float32, device=dev),
-            codes=torch.empty((batch_size, L), dtype=torch.int32, pin_memory=True),
-            bad=torch.empty((batch_size,), dtype=torch.bool, pin_memory=True),
-            copied=torch.cuda.Event(), done=torch.cuda.Event()))
-
-    def finish(p):
-        s, lo, n = p
-        s["done"].synchronize()
-        bad = s["bad"][:n].numpy()
-        if bad.any():
-            raise ValueError(f"x row {int(np.flatnonzero(bad)[0])} contains NaN or Inf")  # row within the batch
-        return lo, s["codes"][:n].numpy().copy()
-
-    for i, (lo, xb) in enumerate(batches):
-        s, n = slots[i % 2], xb.shape[0]
-        s["host"][:n].numpy()[...] = xb  # the slot is free: its previous batch was finished below
-        with torch.cuda.stream(copy):
-            s["dev"][:n].copy_(s["host"][:n], non_blocking=True)
-            s["copied"].record(copy)
-        with torch.cuda.stream(compute):
-            compute.wait_event(s["copied"])
-            x = s["dev"][:n]
-            s["bad"][:n].copy_(~torch.isfinite(x).all(dim=1), non_blocking=True)
-            s["codes"][:n].copy_(assign_codes(x, model, check_finite=False), non_blocking=True)
-            s["done"].record(compute)
-        if pending is not None:
-            yield finish(pending)
-        pending = (s, lo, n)
-    if pending is not None:
-        yield finish(pending)
-
-
 def _resolve_device(fn: str, device):
     from ._backend import cuda_available, cuda_unavailable_reason
 
@@ -440,6 +134,7 @@ class LabelReport:
     skipped: list = field(default_factory=list)  # output names already complete
     rows_labeled: int = 0
     seconds: float = 0.0
+    nodes: dict = field(default_factory=dict)  # engine="ray": rows labeled per Ray node id
 
     @property
     def rows(self) -> int:
@@ -456,7 +151,7 @@ def _check_model(fn: str, model):
 
 def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | None = None,
           batch_size: int = DEFAULT_BATCH, device=None, progress: bool = True, overwrite: bool = False,
-          compression: str = "zstd") -> LabelReport:
+          compression: str = "zstd", engine: str = "local", ray_options: dict | None = None) -> LabelReport:
     """Labels embedding shards on disk with ``model``, one output parquet file per shard (see the module doc).
 
     Args:
@@ -473,6 +168,13 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
         overwrite: relabel shards whose output exists (also when it came from another model; without it
             that is an error).
         compression: parquet compression codec of the outputs.
+        engine: ``"local"`` (this process) or ``"ray"``: the shards' row ranges become a Ray Dataset labeled by
+            an actor pool (the model loaded once per actor; see :func:`hermes.ray.label_ranges`), each range
+            written as a part file under ``out_dir/.hermes-parts``, then joined into the same outputs and
+            manifest as the local engine (a rerun keeps finished shards and finished parts).
+        ray_options: with ``engine="ray"``: ``address`` (of a running cluster; default: start a local one),
+            ``concurrency`` (actors), ``num_cpus_per_worker``, ``num_gpus_per_worker`` (GPU actors label
+            on CUDA), ``runtime_env``.
 
     Returns:
         a :class:`LabelReport`; ``report.manifest`` is the content of ``out_dir/manifest.json``:
@@ -490,11 +192,12 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
 
     t0 = time.perf_counter()
     model, model_path = _check_model(fn, model)
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"{fn}: batch_size must be a positive integer, got {batch_size!r}")
-    batch_size = int(batch_size)
-    device = _resolve_device(fn, device)
-    paths = _expand_inputs(fn, inputs)
+    batch_size = check_int(fn, "batch_size", batch_size, 1)
+    compression = _check_compression(fn, compression)
+    if engine not in ("local", "ray"):
+        raise ValueError(f"{fn}: engine must be 'local' or 'ray', got {engine!r}")
+    device = _resolve_device(fn, device) if engine == "local" else (device or "auto")
+    paths = expand_inputs(fn, inputs)
     names: dict[str, Path] = {}
     for p in paths:
         name = p.stem + ".parquet"
@@ -502,34 +205,46 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
             raise ValueError(f"{fn}: inputs {names[name]} and {p} would both write {name}; give shards distinct "
                              f"stems or label them into different out_dirs")
         names[name] = p
+    out_dir = Path(out_dir)
+    _check_label_outputs(fn, inputs, paths, model_path, out_dir)
     shards = []
     for p in paths:  # open (and check) every shard before writing anything
         s = open_shard(p, column=column, tensor=tensor, fn=fn)
         if s.n and s.d != model.d:
             raise ValueError(f"{fn}: {p} has embeddings of dimension {s.d}, but the model expects d={model.d}")
         shards.append(s)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fp = model_fingerprint(model)
+    _check_other_labels(fn, out_dir, fp, set(names))
+    out_dir.mkdir(parents=True, exist_ok=True)
     model_meta = {"path": model_path, "fingerprint": fp, "d": model.d, "levels": list(model.levels),
                   "metric": model.metric, "normalize": model.normalize}
     report = LabelReport(out_dir=out_dir, manifest={})
     entries, todo = [], []
     for s in shards:
-        out = out_dir / (s.path.stem + ".parquet")
-        entry = {"source": str(s.path.resolve()), "output": out.name, "rows": int(s.n)}
-        entries.append(entry)
+        out = out_dir / (s.stem + ".parquet")
+        source = s.source
         meta, rows = _read_meta(out) if out.exists() else (None, -1)
+        known = meta.get("source_stat") == s.identity() and meta.get("source") == source if meta else False
+        src_fp = meta["source_fingerprint"] if known and meta.get("source_fingerprint") else s.fingerprint()
+        entry = {"source": source, "source_fingerprint": src_fp, "output": out.name, "rows": int(s.n)}
+        entries.append(entry)
         if meta is not None and not overwrite:
             if meta.get("model", {}).get("fingerprint") != fp:
                 raise ValueError(f"{fn}: {out} exists and was labeled by another model (fingerprint "
                                  f"{meta.get('model', {}).get('fingerprint')}, this model: {fp}); pass "
                                  f"overwrite=True (CLI: --overwrite) or use another out_dir")
-            if meta.get("format") == LABEL_FORMAT and rows == s.n == meta.get("rows"):
+            if meta.get("source_fingerprint") == src_fp and meta.get("format") == LABEL_FORMAT \
+                    and rows == s.n == meta.get("rows"):
                 report.skipped.append(out.name)
                 continue
-            warnings.warn(f"{fn}: {out} is incomplete or stale ({rows} rows, the source has {s.n}); relabeling",
-                          stacklevel=2)
+            if meta.get("source_fingerprint") and meta.get("source") != source:
+                raise ValueError(f"{fn}: {out} holds the labels of another input with the same name: "
+                                 f"{meta.get('source')} (content fingerprint {meta.get('source_fingerprint')}), "
+                                 f"not {s.source} ({src_fp}); pass overwrite=True (CLI: --overwrite) to relabel it "
+                                 f"from {s.source}, or use another out_dir")
+            warnings.warn(f"{fn}: {out} is stale: it holds labels of {meta.get('source')} as it was before "
+                          f"({rows} rows, content fingerprint {meta.get('source_fingerprint')}); the source now has "
+                          f"{s.n} rows, fingerprint {src_fp}; relabeling", stacklevel=2)
         elif out.exists() and not overwrite:  # our outputs appear complete or not at all: this is not ours
             raise ValueError(f"{fn}: {out} exists but is not a readable hermes labels file; remove it or pass "
                              f"overwrite=True (CLI: --overwrite)")
@@ -538,20 +253,28 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
 
     total = sum(s.n for s in shards)
     done_rows = total - sum(s.n for s, _, _ in todo)
+    metas = [{"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
+              "source": entry["source"], "source_fingerprint": entry["source_fingerprint"],
+              "source_stat": s.identity(), "shard": s.name, "kind": s.kind, "rows": int(s.n),
+              "column": column if s.kind == "parquet" else None, "tensor": getattr(s, "tensor", None)}
+             for s, _, entry in todo]
     with tqdm(total=total, initial=done_rows, unit="rows", unit_scale=True, desc="label", disable=not progress,
               dynamic_ncols=True) as bar:
-        for s, out, entry in todo:
-            bar.set_postfix_str(s.path.name, refresh=False)
-            meta = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
-                    "source": entry["source"], "shard": s.path.name, "kind": s.kind, "rows": int(s.n),
-                    "column": column if s.kind == "parquet" else None,
-                    "tensor": getattr(s, "tensor", None)}
-            _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
+        if engine == "ray":
+            from .ray import label_ranges
+
+            report.nodes = label_ranges(fn, [(s, out, meta) for (s, out, _), meta in zip(todo, metas)], model,
+                                        batch_size=batch_size, device=device, compression=compression, bar=bar,
+                                        column=column, tensor=tensor, **(ray_options or {}))
+        for (s, out, entry), meta in zip(todo, metas):
+            if engine == "local":
+                bar.set_postfix_str(s.name, refresh=False)
+                _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
             report.labeled.append(out.name)
             report.rows_labeled += s.n
             s.close()
     manifest = {"format": LABEL_FORMAT, "format_version": LABEL_FORMAT_VERSION, "model": model_meta,
-                "shards": _merge_manifest(out_dir, fp, entries), "rows": 0}
+                "shards": _scan_manifest(fn, out_dir, fp, entries), "rows": 0}
     manifest["rows"] = int(sum(e["rows"] for e in manifest["shards"]))
     _atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     report.manifest = manifest
@@ -559,26 +282,82 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
     return report
 
 
-def _merge_manifest(out_dir: Path, fp: str, entries: list) -> list:
-    """This run's entries, after those of an earlier manifest (same model) whose outputs still exist."""
-    mine = {e["output"] for e in entries}
-    old = []
+_CODECS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
+
+
+def _check_compression(fn: str, compression) -> str:
+    """A parquet codec name this pyarrow build can write, checked before anything is written."""
+    import pyarrow as pa
+
+    name = compression.lower() if isinstance(compression, str) else None
+    if name not in _CODECS:
+        raise ValueError(f"{fn}: compression must be one of {', '.join(_CODECS)}, got {compression!r}")
+    if name != "none" and not pa.Codec.is_available(name):
+        raise ValueError(f"{fn}: compression {name!r} is not available in this pyarrow build")
+    return name
+
+
+def _check_label_outputs(fn: str, inputs, paths: list, model_path, out_dir: Path) -> None:
+    """Refuses an out_dir whose outputs would replace an input shard, the model, or a foreign manifest."""
+    from ._io import Output, check_outputs, owns_json_format
+
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    ins = [("the input shard", p) for p in paths] + [("the input", p) for p in given] + [("the model", model_path)]
+    outs = [Output("out_dir", out_dir, is_dir=True),
+            Output("manifest", out_dir / MANIFEST, owns_json_format(LABEL_FORMAT), kind="a hermes labels manifest")]
+    outs += [Output(f"output of {p.name}", out_dir / (p.stem + ".parquet"), lambda _: True) for p in paths]
+    check_outputs(fn, outs, ins)
+    for p in map(Path, given):
+        if p.is_dir() and out_dir.exists() and os.path.samefile(p, out_dir):
+            raise ValueError(f"{fn}: out_dir {out_dir} is the input directory {p}; the labels would be read back as "
+                             f"input shards: give the labels their own directory")
+
+
+def _check_other_labels(fn: str, out_dir: Path, fp: str, mine: set) -> None:
+    """Refuses an out_dir holding labels of another model that this run does not relabel (the manifest, which
+    lists every labels file of the directory, could not describe them)."""
+    if not out_dir.is_dir():
+        return
+    for f in sorted(out_dir.glob("*.parquet")):
+        if f.name.startswith(".") or f.name in mine:
+            continue
+        meta, _ = _read_meta(f)
+        if meta is not None and meta.get("format") == LABEL_FORMAT and meta.get("model", {}).get("fingerprint") != fp:
+            raise ValueError(f"{fn}: {out_dir} already holds {f.name}, labeled by another model (fingerprint "
+                             f"{meta.get('model', {}).get('fingerprint')}, this model: {fp}), which this run would "
+                             f"not relabel; use another out_dir or remove the other model's labels")
+
+
+def _scan_manifest(fn: str, out_dir: Path, fp: str, entries: list) -> list:
+    """The manifest's shards: every hermes labels file in out_dir, each described by its own metadata (so the
+    manifest says exactly what the directory holds). Files listed by an earlier manifest come first in its
+    order, then other labels files found (sorted), then this run's shards in input order."""
+    mine = [e["output"] for e in entries]
     try:
-        prev = json.loads((out_dir / MANIFEST).read_text())
-        if prev.get("model", {}).get("fingerprint") == fp:
-            old = [e for e in prev.get("shards", []) if e.get("output") not in mine and (out_dir / e["output"]).exists()]
+        prev = [e["output"] for e in json.loads((out_dir / MANIFEST).read_text()).get("shards", [])]
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        pass
-    return old + entries
+        prev = []
+    found = sorted(f.name for f in out_dir.glob("*.parquet") if not f.name.startswith("."))
+    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine] + mine
+    out = []
+    for name in order:
+        meta, rows = _read_meta(out_dir / name)
+        if meta is None or meta.get("format") != LABEL_FORMAT:
+            continue  # not a labels file (read_labels never reads it: it follows the manifest)
+        if meta.get("model", {}).get("fingerprint") != fp:
+            raise ValueError(f"{fn}: {out_dir / name} was labeled by another model; the manifest cannot list it")
+        out.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
+                    "output": name, "rows": int(rows)})
+    return out
 
 
-def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
+def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
                  compression: str, bar) -> None:
     """Labels one shard into a hidden temporary file in out's directory, then renames it to ``out``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .assign import assign_codes
+    from .assign import assign_codes, assign_codes_pipelined
 
     for stale in glob.glob(str(out.parent / f".{glob.escape(out.name)}.*.tmp")):
         os.unlink(stale)  # left by a killed run
@@ -593,7 +372,7 @@ def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size:
             codes_iter = ((lo, assign_codes(xb, model, batch_size=min(batch_size, 8192), progress=False))
                           for lo, xb in batches)
         else:
-            codes_iter = _cuda_codes(batches, model, device, batch_size, model.d)
+            codes_iter = assign_codes_pipelined(batches, model, device, batch_size, model.d)
         rows = 0
         while True:
             try:
@@ -604,8 +383,9 @@ def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size:
                 msg = str(e)
                 if msg.startswith(f"{fn}:"):
                     raise
-                if "NaN or Inf" in msg:  # assign_codes names the row within the batch
-                    raise ValueError(f"{fn}: {s.path}: row {_first_bad_row(msg, rows)} contains NaN or Inf") from None
+                m = _BAD_ROW.match(msg)
+                if m:  # assign_codes and the CUDA pipeline name the row within the batch
+                    raise ValueError(f"{fn}: {s.path}: row {rows + int(m.group(1))}{m.group(2)}") from None
                 raise ValueError(f"{fn}: {s.path}: {msg}") from None
             lo, codes = item
             writer.write_table(pa.Table.from_pydict(label_columns(codes, model.levels, lo), schema=schema))
@@ -619,7 +399,7 @@ def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size:
         fsync_path(tmp)
         publish_mode(tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             try:
                 writer.close()
@@ -627,15 +407,13 @@ def _label_shard(fn, s: _Shard, model: Model, out: Path, meta: dict, batch_size:
                 pass
         if os.path.exists(tmp):
             os.unlink(tmp)
+        err = user_os_error(e, out, tmp, only_tmp=True)
+        if err is not None:
+            raise err from None
         raise
 
 
-def _first_bad_row(msg: str, row0: int) -> int:
-    """The shard row named by an assign_codes / pipeline NaN message ('... row R ...' within the batch)."""
-    import re
-
-    m = re.search(r"row (\d+)", msg)
-    return row0 + int(m.group(1)) if m else row0
+_BAD_ROW = re.compile(r"^(?:\w+: )?x row (\d+)( .*)$", re.S)  # a row-within-the-batch message
 
 
 # ----------------------------------------------------------------------------------- read labels
@@ -685,7 +463,8 @@ class Labels:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _label_files(fn: str, paths) -> list[Path]:
+def _label_files(fn: str, paths) -> list[tuple[Path, dict | None]]:
+    """(labels file, its manifest entry or None) for labels files and directories (manifest order, else sorted)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out = []
@@ -694,18 +473,23 @@ def _label_files(fn: str, paths) -> list[Path]:
             man = p / MANIFEST
             if man.is_file():
                 try:
-                    files = [p / e["output"] for e in json.loads(man.read_text())["shards"]]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{fn}: {man} is not a valid hermes manifest: {e!r}") from None
+                    doc = json.loads(man.read_text())
+                    if doc.get("format") != LABEL_FORMAT:
+                        raise ValueError(f"format is {doc.get('format')!r}, not {LABEL_FORMAT!r}")
+                    files = [(p / e["output"], e) for e in doc["shards"]]
+                    if any(Path(e["output"]).name != e["output"] for e in doc["shards"]):
+                        raise ValueError("an output names a file outside the directory")
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    raise ValueError(f"{fn}: {man} is not a valid hermes manifest: {e}") from None
             else:
-                files = sorted(q for q in p.glob("*.parquet") if not q.name.startswith("."))
+                files = [(q, None) for q in sorted(p.glob("*.parquet")) if not q.name.startswith(".")]
             if not files:
                 raise ValueError(f"{fn}: directory {p} holds no labels (.parquet) files")
             out += files
         elif not p.is_file():
             raise FileNotFoundError(f"{fn}: no such labels file or directory: {p}")
         else:
-            out.append(p)
+            out.append((p, None))
     if not out:
         raise ValueError(f"{fn}: no labels files given")
     return out
@@ -717,13 +501,19 @@ def read_labels(paths, *, fn: str = "read_labels") -> Labels:
 
     codes, rows, shard, files, sources, shard_names = [], [], [], [], [], []
     levels = model = None
-    for i, f in enumerate(_label_files(fn, paths)):
+    for i, (f, entry) in enumerate(_label_files(fn, paths)):
         if not f.is_file():
             raise FileNotFoundError(f"{fn}: {f} (listed in the manifest) does not exist")
-        meta, _ = _read_meta(f)
+        meta, nrows = _read_meta(f)
         if meta is None or meta.get("format") != LABEL_FORMAT:
             raise ValueError(f"{fn}: {f} is not a hermes labels file (no '{META_KEY.decode()}' schema metadata, "
                              f"or unreadable)")
+        if entry is not None and (entry.get("rows") != nrows or entry.get("source") != meta.get("source") or
+                                  entry.get("source_fingerprint") != meta.get("source_fingerprint")):
+            raise ValueError(f"{fn}: the manifest of {f.parent} says {f.name} holds {entry.get('rows')} rows of "
+                             f"{entry.get('source')} (fingerprint {entry.get('source_fingerprint')}), the file holds "
+                             f"{nrows} rows of {meta.get('source')} ({meta.get('source_fingerprint')}); rerun "
+                             f"hermes label into that directory to rewrite the manifest")
         lv = tuple(meta["model"]["levels"])
         if levels is None:
             levels, model = lv, meta["model"]

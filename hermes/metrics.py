@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from . import buckets as _b
+from ._validate import check_int, check_seed
 
 __all__ = ["entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity",
            "report", "format_report"]
@@ -32,6 +33,23 @@ def _check_x(x, n, fn: str, other: str = "ids"):
     if n is not None and x.shape[0] != n:
         raise ValueError(f"{fn}: x has {x.shape[0]} rows but {other} has {n}; they must match")
     return x
+
+
+def _check_finite_x(fn: str, x, chunk_rows: int = 1 << 14) -> None:
+    """Raises naming the first row of x (its index in x) that holds NaN or Inf; read chunk by chunk."""
+    is_np = isinstance(x, np.ndarray)
+    for lo in range(0, x.shape[0], chunk_rows):
+        xb = x[lo:lo + chunk_rows]
+        if is_np:
+            bad = np.flatnonzero(~np.isfinite(xb).all(axis=1))
+            first = int(bad[0]) if bad.size else -1
+        else:
+            import torch
+
+            bad = torch.nonzero(~torch.isfinite(xb).all(dim=1))
+            first = int(bad[0, 0]) if bad.numel() else -1
+        if first >= 0:
+            raise ValueError(f"{fn}: x row {lo + first} contains NaN or Inf")
 
 
 def _numpy_x(x) -> np.ndarray:
@@ -81,7 +99,13 @@ def centroid_cosine(x, ids, *, chunk_bytes: int = 1 << 26) -> float:
     """
     fn = "centroid_cosine"
     ids = _b._check_ids(ids, fn)
-    x = _numpy_x(_check_x(x, ids.size, fn))
+    x = _check_x(x, ids.size, fn)
+    _check_finite_x(fn, x)
+    return _centroid_cosine(_numpy_x(x), ids, chunk_bytes)
+
+
+def _centroid_cosine(x: np.ndarray, ids: np.ndarray, chunk_bytes: int = 1 << 26) -> float:
+    """centroid_cosine on checked, finite inputs."""
     n = ids.size
     if n == 0:
         return _NAN
@@ -92,6 +116,8 @@ def centroid_cosine(x, ids, *, chunk_bytes: int = 1 << 26) -> float:
     for s in range(0, n, rows):
         idx = order[s:s + rows]
         xb = x[idx].astype(np.float64)
+        peak = np.abs(xb).max(axis=1, keepdims=True) if xb.shape[1] else np.zeros((xb.shape[0], 1))
+        np.divide(xb, peak, out=xb, where=peak > 0)  # a finite row whose norm would overflow still normalizes
         norms = np.linalg.norm(xb, axis=1, keepdims=True)
         np.divide(xb, norms, out=xb, where=norms > 0)
         g = sid[s:s + rows]
@@ -124,7 +150,7 @@ def _neighbors(x, k: int, queries: np.ndarray, batch: int) -> np.ndarray:
         with warnings.catch_warnings():  # a read-only memmap is fine: it is only read
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             xt = torch.from_numpy(np.ascontiguousarray(x))
-    xt = torch.nn.functional.normalize(xt.float(), dim=1)
+    xt = _unit_rows(xt)
     n = xt.shape[0]
     q_t = torch.from_numpy(queries).to(xt.device)
     rows = max(1, min(batch, (1 << 26) // max(n, 1)))
@@ -138,6 +164,23 @@ def _neighbors(x, k: int, queries: np.ndarray, batch: int) -> np.ndarray:
     return out.numpy()
 
 
+def _unit_rows(xt):
+    """float32 unit rows [N, d] (a zero row stays zero), a new tensor. Each row is first divided by its largest
+    |value|, so a finite row whose norm overflows (float32 entries beyond ~1.8e19) still normalizes correctly."""
+    import torch
+
+    if xt.shape[0] == 0 or xt.shape[1] == 0:
+        return torch.zeros(tuple(xt.shape), dtype=torch.float32, device=xt.device)
+    peak = xt.abs().amax(dim=1, keepdim=True)
+    if xt.dtype == torch.float64:
+        xs = (xt / peak.clamp_min(torch.finfo(torch.float64).tiny)).float()
+    else:
+        xs = xt.to(torch.float32, copy=True)
+        xs /= peak.float().clamp_min(torch.finfo(torch.float32).tiny)
+    xs /= torch.linalg.vector_norm(xs, dim=1, keepdim=True).clamp_min(1e-12)
+    return xs
+
+
 def _queries(n: int, exact_max: int, sample: int, seed: int) -> np.ndarray:
     if n <= exact_max:
         return np.arange(n, dtype=np.int64)
@@ -146,12 +189,12 @@ def _queries(n: int, exact_max: int, sample: int, seed: int) -> np.ndarray:
 
 
 def _check_knn_args(n, k, exact_max, sample, batch, fn):
-    k = _b._check_int(k, fn, "k", lo=1)
+    k = check_int(fn, "k", k, lo=1)
     if n and k > n - 1:
         raise ValueError(f"{fn}: k={k} needs at least k + 1 = {k + 1} documents, got N={n}")
-    _b._check_int(exact_max, fn, "exact_max", lo=0)
-    _b._check_int(sample, fn, "sample", lo=1)
-    _b._check_int(batch, fn, "batch", lo=1)
+    check_int(fn, "exact_max", exact_max, lo=0)
+    check_int(fn, "sample", sample, lo=1)
+    check_int(fn, "batch", batch, lo=1)
     return k
 
 
@@ -172,6 +215,8 @@ def recall_at_k(x, ids, k: int = 10, *, exact_max: int = 100_000, sample: int = 
     ids = _b._check_ids(ids, fn)
     x = _check_x(x, ids.size, fn)
     k = _check_knn_args(ids.size, k, exact_max, sample, batch, fn)
+    check_seed(fn, seed)
+    _check_finite_x(fn, x)
     if ids.size == 0:
         return _NAN
     q = _queries(ids.size, exact_max, sample, seed)
@@ -188,6 +233,10 @@ def _check_labels(labels, n, fn: str, other: str = "ids") -> np.ndarray:
         raise ValueError(f"{fn}: labels must be a 1-d array [N], got shape {labels.shape}")
     if labels.size != n:
         raise ValueError(f"{fn}: labels has {labels.size} entries but {other} has {n}; they must match")
+    if np.issubdtype(labels.dtype, np.floating) or np.issubdtype(labels.dtype, np.complexfloating):
+        bad = np.flatnonzero(~np.isfinite(labels))
+        if bad.size:
+            raise ValueError(f"{fn}: labels row {int(bad[0])} is {labels[bad[0]]}; a class must not be NaN or Inf")
     return np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
@@ -255,15 +304,18 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
     n, L = codes.shape
     if x is not None:
         x = _check_x(x, n, fn, "codes")
+        _check_finite_x(fn, x)
     if labels is not None:
         _check_labels(labels, n, fn, "codes")
-    small = _b._check_int(small, fn, "small", lo=0)
+    small = check_int(fn, "small", small, lo=0)
     nbr = q = None
     if x is not None and k is not None:
         k = _check_knn_args(n, k, exact_max, sample, batch, fn)
+        check_seed(fn, seed)
         if n:
             q = _queries(n, exact_max, sample, seed)
             nbr = _neighbors(x, k, q, batch)
+    xn = _numpy_x(x) if x is not None else None
     rows = []
     for depth in range(1, L + 1):
         _b._radix(levels, depth, fn)
@@ -273,7 +325,7 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
         row = dict(depth=depth, name=_b.depth_name(depth), n_buckets=int(sizes.size), entropy=h,
                    effective_buckets=math.exp(h) if n else _NAN)
         if x is not None:
-            row["centroid_cosine"] = centroid_cosine(x, ids)
+            row["centroid_cosine"] = _centroid_cosine(xn, ids)
             if k is not None:
                 row["recall_at_k"] = _recall_from(nbr, q, ids) if n else _NAN
         if labels is not None:
@@ -287,3 +339,271 @@ def report(x, codes, levels=None, *, labels=None, k: int | None = 10, small: int
 def format_report(rows, columns=None) -> str:
     """Plain-text table of ``report`` rows; columns: keys to show (default all)."""
     return _b.format_table(rows, columns)
+
+
+# ------------------------------------------------------------------------------------ corpus scale
+def _slots(codes: np.ndarray, levels, n_depths: int):
+    """Per depth: (row -> bucket index int64 [N], bucket sizes [B]) and the accumulator slots.
+
+    Only buckets with >= 2 documents need a running sum (a single document's cosine to its own direction is
+    1, or 0 for a zero row). Returns (inv list, sizes list, slot_of list: bucket -> global slot or -1, n_slots).
+    """
+    invs, sizes_l, slot_of, total = [], [], [], 0
+    for depth in range(1, n_depths + 1):
+        _, sizes, inv = _b._group(_b._pack(codes, depth, levels))
+        multi = sizes >= 2
+        s = np.full(sizes.size, -1, np.int64)
+        s[multi] = total + np.arange(int(multi.sum()))
+        total += int(multi.sum())
+        invs.append(inv)
+        sizes_l.append(sizes)
+        slot_of.append(s)
+    return invs, sizes_l, slot_of, total
+
+
+def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None = 10, queries: int = 1000,
+                     sample: int | None = None, seed: int = 0, small: int = 30, block: int = 16384,
+                     memory: int = 1 << 28, progress: bool = False) -> tuple:
+    """:func:`report` over embeddings read block by block: memory bounded, any N.
+
+    stream: a :class:`hermes._stream.EmbeddingStream` (or any object with ``n``, ``d``, ``blocks(rows, keep)``
+    yielding ``(row0, float32 [b, d])`` in row order, and ``take(sorted rows) -> float32 [q, d]``) whose rows
+    match ``codes`` [N, L] row for row.
+
+    - centroid_cosine: every depth's per-bucket sums of unit rows are accumulated in float64 slots while the
+      rows stream past (one slot of d doubles per bucket with >= 2 documents; single-document buckets add 1,
+      or 0 for a zero row); then sum_b ||S_b|| / N. When the slots exceed ``memory`` bytes, the buckets are
+      split into ranges and the rows stream once per range.
+    - recall_at_k: ``queries`` query documents drawn with ``np.random.default_rng(seed)`` (all when N <=
+      queries, as :func:`recall_at_k` with exact_max = sample = queries) are searched against all N rows,
+      block by block (float32 torch.mm + a running top-k), in the first pass.
+    - sample: when given (< N), centroid_cosine and recall_at_k are computed on that many documents drawn with
+      ``np.random.default_rng(seed)`` (the queries then come from the sample, searched against the sample);
+      entropy, pool sizes, nmi and purity always use all N.
+
+    Returns (rows as :func:`report`, info dict: n_scored, sampled, queries, passes, slots).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    fn = "report_streaming"
+    codes, levels = _b._check_codes(codes, levels, fn)
+    n, L = codes.shape
+    if stream.n != n:
+        raise ValueError(f"{fn}: the embeddings hold {stream.n:,} rows but codes has {n:,}; they must match")
+    block = check_int(fn, "block", block, lo=1)
+    check_int(fn, "memory", memory, lo=1)
+    check_seed(fn, seed)
+    keep = None
+    if sample is not None:
+        sample = check_int(fn, "sample", sample, lo=1)
+        if sample < n:
+            keep = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    rows = report(None, codes, levels, labels=labels, k=None, small=small)
+    sc = codes if keep is None else codes[keep]
+    m = sc.shape[0]
+    info = dict(n_scored=m, sampled=keep is not None, queries=0, passes=0, slots=0)
+    if k is not None:
+        k = _check_knn_args(m, k, queries, queries, 1, fn)
+    if m == 0:
+        for r in rows:
+            r["centroid_cosine"] = _NAN
+            if k is not None:
+                r["recall_at_k"] = _NAN
+        return rows, info
+    for depth in range(1, L + 1):
+        _b._radix(levels, depth, fn)
+    invs, sizes_l, slot_of, n_slots = _slots(sc, levels, L)
+    d = stream.d
+    per_pass = max(1, memory // (8 * max(d, 1)))
+    ranges = [(s, min(s + per_pass, n_slots)) for s in range(0, max(n_slots, 1), per_pass)]
+    totals = np.zeros(L)
+    order_key = _b._pack(sc, L, levels)
+    q = qv = best_v = best_i = None
+    if k is not None:
+        q = _queries(m, queries, queries, seed)
+        src = q if keep is None else keep[q]
+        qv = torch.from_numpy(_unit_rows_np(stream.take(src))[0])
+        best_v = torch.full((q.size, k), -float("inf"))
+        best_i = torch.zeros((q.size, k), dtype=torch.int64)
+        info["queries"] = int(q.size)
+    qchunk = max(1, (1 << 25) // block)
+    if getattr(stream, "random_access", False):
+        info.update(passes=1, slots=0)
+        totals = _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progress,
+                                  (qv, q, k, best_v, best_i, qchunk) if k is not None else None)
+        ranges = []
+    else:
+        info.update(passes=len(ranges), slots=n_slots)
+    with tqdm(total=m * len(ranges), unit="rows", unit_scale=True, desc="stats", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for p, (s0, s1) in enumerate(ranges):
+            acc = torch.zeros((s1 - s0, d), dtype=torch.float64)
+            for lo, x in stream.blocks(block, keep):
+                b = x.shape[0]
+                if p == 0:
+                    _check_finite_block(fn, stream, x, lo, keep)
+                u, norms = _unit_rows_np(x)
+                if p == 0:
+                    nz = norms > 0
+                    for depth in range(L):
+                        single = sizes_l[depth][invs[depth][lo:lo + b]] == 1
+                        totals[depth] += float((single & nz).sum())
+                    if k is not None:
+                        _search_block(qv, q, torch.from_numpy(u), lo, k, best_v, best_i, qchunk)
+                # Rows sorted by their deepest bucket: every depth's buckets are contiguous runs, and a bucket's
+                # run is a union of its children's runs, so only the deepest level sums rows; each shallower
+                # level sums its children's sums.
+                order = np.argsort(order_key[lo:lo + b], kind="stable")
+                sums = torch.from_numpy(u)[torch.from_numpy(order)]
+                child_starts = None
+                for depth in reversed(range(L)):
+                    g = invs[depth][lo:lo + b][order]
+                    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+                    at = starts if child_starts is None else np.searchsorted(child_starts, starts)
+                    lengths = np.diff(np.r_[at, sums.shape[0]])
+                    sums = torch.segment_reduce(sums, "sum", lengths=torch.from_numpy(lengths), axis=0)
+                    child_starts = starts
+                    first = slot_of[depth][g[starts]]
+                    ok = (first >= s0) & (first < s1)
+                    if ok.any():
+                        acc.index_add_(0, torch.from_numpy(first[ok] - s0), sums[torch.from_numpy(ok)].double())
+                bar.update(b)
+            norms_acc = torch.linalg.vector_norm(acc, dim=1).numpy()
+            for depth in range(L):
+                sl = slot_of[depth]
+                mine = sl[(sl >= s0) & (sl < s1)] - s0
+                totals[depth] += float(norms_acc[mine].sum())
+            del acc
+    recall = None
+    if k is not None:
+        ids_l = invs
+        recall = [float((ids[best_i.numpy()] == ids[q][:, None]).mean()) for ids in ids_l]
+    for depth, r in enumerate(rows):
+        r["centroid_cosine"] = float(totals[depth] / m)
+        if k is not None:
+            r["recall_at_k"] = recall[depth]
+    return rows, info
+
+
+def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progress, search) -> np.ndarray:
+    """Per depth, sum_b ||sum_{i in b} u_i|| in one pass over the rows gathered in deepest-bucket order.
+
+    Every depth's buckets are then contiguous runs of the stream: a block closes the runs that end in it (their
+    float64 sums' norms are added) and carries its last, open run per depth into the next block. Memory: one
+    block. ``search``: (unit queries, query positions, k, best values, best indices, query chunk) for Recall@k,
+    searched in the same pass, or None.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    L = len(invs)
+    order = np.argsort(order_key, kind="stable")
+    rows = order if keep is None else keep[order]
+    totals = np.zeros(L)
+    carry = [None] * L  # (bucket index, float64 sum [d]) of the open run per depth
+    with tqdm(total=order.size, unit="rows", unit_scale=True, desc="stats", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for lo, (_, x) in zip(range(0, order.size, block), stream.gather_blocks(rows, rows=block)):
+            pos = order[lo:lo + block]  # positions among the scored documents
+            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+            if bad.size:
+                path, local = stream.locate(int(rows[lo + bad[0]]))
+                raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {int(rows[lo + bad[0]])} of "
+                                 f"the embeddings)")
+            u, _ = _unit_rows_np(x)
+            ut = torch.from_numpy(u)
+            if search is not None:
+                qv, q, k, best_v, best_i, qchunk = search
+                _search_rows(qv, q, ut, pos, k, best_v, best_i, qchunk)
+            sums, child_starts = ut, None
+            for depth in reversed(range(L)):
+                g = invs[depth][pos]
+                starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+                at = starts if child_starts is None else np.searchsorted(child_starts, starts)
+                lengths = np.diff(np.r_[at, sums.shape[0]])
+                sums = torch.segment_reduce(sums, "sum", lengths=torch.from_numpy(lengths), axis=0)
+                child_starts = starts
+                s64 = sums.double()
+                first_id, c = g[starts[0]], carry[depth]
+                if c is not None:
+                    if c[0] == first_id:
+                        s64[0] += c[1]
+                    else:
+                        totals[depth] += float(torch.linalg.vector_norm(c[1]))
+                totals[depth] += float(torch.linalg.vector_norm(s64[:-1], dim=1).sum())
+                carry[depth] = (g[starts[-1]], s64[-1].clone())
+            bar.update(pos.size)
+    for depth in range(L):
+        if carry[depth] is not None:
+            totals[depth] += float(torch.linalg.vector_norm(carry[depth][1]))
+    return totals
+
+
+def _search_rows(qv, q: np.ndarray, u, ids: np.ndarray, k: int, best_v, best_i, qchunk: int) -> None:
+    """Merges rows ``ids`` (positions, unit float32 [b, d] in ``u``) into each query's running top-k (no self)."""
+    import torch
+
+    ids_t = torch.from_numpy(np.ascontiguousarray(ids))
+    j = np.searchsorted(q, ids)
+    is_q = (j < q.size) & (q[np.minimum(j, q.size - 1)] == ids)
+    qj, cols = j[is_q], np.flatnonzero(is_q)  # block rows that are queries: their own columns are excluded
+    kk = min(k, u.shape[0])
+    with torch.no_grad():
+        for s in range(0, q.size, qchunk):
+            sim = torch.mm(qv[s:s + qchunk], u.T)
+            mine = (qj >= s) & (qj < s + qchunk)
+            if mine.any():
+                sim[torch.from_numpy(qj[mine] - s), torch.from_numpy(cols[mine])] = -float("inf")
+            v, i = torch.topk(sim, kk, dim=1)
+            v = torch.cat([best_v[s:s + qchunk], v], 1)
+            i = torch.cat([best_i[s:s + qchunk], ids_t[i]], 1)
+            top = torch.topk(v, k, dim=1)
+            best_v[s:s + qchunk] = top.values
+            best_i[s:s + qchunk] = torch.gather(i, 1, top.indices)
+
+
+def _unit_rows_np(x: np.ndarray) -> tuple:
+    """(unit rows float32 [b, d], a zero row stays zero; norms > 0 where the row is nonzero). Each row is first
+    divided by its largest |value|, so a finite row whose norm overflows float32 still normalizes correctly."""
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported by the callers' checks
+        peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
+        u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
+        norms = np.linalg.norm(u, axis=1)
+        np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
+    return u, norms
+
+
+def _check_finite_block(fn: str, stream, x: np.ndarray, lo: int, keep) -> None:
+    """Raises naming the shard file and row (else the global row) of the first row of a block with NaN or Inf."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if not bad.size:
+        return
+    row = int(lo + bad[0] if keep is None else keep[lo + bad[0]])
+    where = getattr(stream, "locate", None)
+    if where is not None:
+        path, local = where(row)
+        raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {row} of the embeddings)")
+    raise ValueError(f"{fn}: embeddings row {row} contains NaN or Inf")
+
+
+def _search_block(qv, q: np.ndarray, u, lo: int, k: int, best_v, best_i, qchunk: int) -> None:
+    """Merges block rows lo.. (unit float32 [b, d]) into each query's running top-k (self excluded)."""
+    import torch
+
+    b = u.shape[0]
+    a, e = np.searchsorted(q, [lo, lo + b])
+    with torch.no_grad():
+        for s in range(0, q.size, qchunk):
+            sim = torch.mm(qv[s:s + qchunk], u.T)
+            lo_q, hi_q = max(a, s), min(e, s + qchunk)
+            if lo_q < hi_q:  # queries inside this block: not their own neighbour
+                rr = torch.arange(lo_q - s, hi_q - s)
+                sim[rr, torch.from_numpy(q[lo_q:hi_q] - lo)] = -float("inf")
+            kk = min(k, b)
+            v, i = torch.topk(sim, kk, dim=1)
+            v = torch.cat([best_v[s:s + qchunk], v], 1)
+            i = torch.cat([best_i[s:s + qchunk], i + lo], 1)
+            top = torch.topk(v, k, dim=1)
+            best_v[s:s + qchunk] = top.values
+            best_i[s:s + qchunk] = torch.gather(i, 1, top.indices)

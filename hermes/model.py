@@ -2,19 +2,41 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._io import atomic_path
-from ._validate import check_finite_array, describe, is_torch
+from ._validate import check_finite_array, check_metric, describe, is_torch
 
 FORMAT = "hermes-model"
 FORMAT_VERSION = 1
 MAX_LEVELS = 8
 MAX_CODEWORDS = 65536
 METRICS = {"l2": 0, "cos": 1}
+
+
+def codeword_term(C, metric: str):
+    """The per-codeword term of a stage's score: ``||c||^2`` (l2) or ``1 / ||c||`` (cos; 0 for a zero
+    codeword, which then never wins a cosine argmax).
+
+    With it, l2 assigns ``argmax_k 2 r.c_k - term_k`` (= argmin ||r - c_k||^2) and cos assigns
+    ``argmax_k (r.c_k) * term_k``. ``C`` is ``[K, d]`` numpy or torch; the result ``[K]`` has its type,
+    dtype and device. Used by the Model's kernel tables and by training, so both score alike.
+    """
+    n2 = (C * C).sum(1)
+    if metric == "l2":
+        return n2
+    if is_torch(C):
+        import torch
+
+        n = n2.sqrt()
+        return torch.where(n > 0, 1.0 / n.clamp_min(torch.finfo(n.dtype).tiny), torch.zeros_like(n))
+    n = np.sqrt(n2)
+    return np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
 
 
 def _as_f32(fn: str, name: str, a, ndim: int) -> np.ndarray:
@@ -95,8 +117,7 @@ class Model:
                 raise ValueError(f"{fn}: codebooks[{i}] has dimension {c.shape[1]}, codebooks[0] has {d}")
             if not 1 <= c.shape[0] <= MAX_CODEWORDS:
                 raise ValueError(f"{fn}: codebooks[{i}] has {c.shape[0]} codewords; 1 to {MAX_CODEWORDS} allowed")
-        if metric not in METRICS:
-            raise ValueError(f"{fn}: metric must be 'cos' or 'l2', got {metric!r}")
+        check_metric(fn, metric)
         if W is not None:
             W = _as_f32(fn, "W", W, 2)
             if W.shape != (d, d):
@@ -142,14 +163,7 @@ class Model:
         for K in self.levels:
             offsets.append(offsets[-1] + K)
         f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-        cterm = []
-        for c in C64:
-            n2 = (c * c).sum(1)
-            if self.metric == "l2":
-                cterm.append(f32(n2))
-            else:
-                n = np.sqrt(n2)
-                cterm.append(f32(np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)))
+        cterm = [f32(codeword_term(c, self.metric)) for c in C64]
         T = [[f32(C64[j] @ C64[l].T) for j in range(l)] if self.fused else [] for l in range(self.L)]
         t = _Tables(
             folded=self.fused, offsets=offsets,
@@ -210,14 +224,20 @@ def load(path) -> Model:
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise ValueError(f"hermes.load: {path} has format_version {meta.get('format_version')!r}; "
                          f"this hermes reads version {FORMAT_VERSION}")
-    try:
-        d = int(meta["d"])
-        levels = [int(k) for k in json.loads(meta["levels"])]
-        metric = meta["metric"]
-        normalize = bool(json.loads(meta["normalize"]))
-        ortho_tol = float(meta.get("ortho_tol", "1e-4"))
-    except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"hermes.load: {path} has malformed metadata ({e!r})") from e
+    d = _meta_value(path, meta, "d", _parse_count, "a positive integer such as 384")
+    levels = _meta_value(path, meta, "levels", _parse_levels,
+                         f"a JSON list of 1 to {MAX_LEVELS} integers in [1, {MAX_CODEWORDS}] such as [256, 256, 256]")
+    metric = _meta_value(path, meta, "metric", lambda v: v if v in METRICS else None, "'cos' or 'l2'")
+    normalize = _meta_value(path, meta, "normalize", {"true": True, "false": False}.get, "true or false")
+    ortho_tol = _meta_value(path, meta, "ortho_tol", _parse_tol, "a finite number >= 0", default="1e-4")
+    expected = {f"codebook.{i}" for i in range(len(levels))} | {"W", "b"}
+    unknown = sorted(set(tensors) - expected)
+    if unknown:
+        raise ValueError(f"hermes.load: {path} holds tensor(s) {unknown[:5]} that a {len(levels)}-level model does "
+                         f"not have (expected codebook.0..codebook.{len(levels) - 1}, W, b)")
+    for k, t in tensors.items():
+        if t.dtype.kind != "f":
+            raise ValueError(f"hermes.load: {path}: tensor {k!r} has dtype {t.dtype}; model tensors are floats")
     cbs = []
     for i, K in enumerate(levels):
         name = f"codebook.{i}"
@@ -232,4 +252,42 @@ def load(path) -> Model:
         raise ValueError(f"hermes.load: {path}: tensor 'W' has shape {W.shape}, expected ({d}, {d})")
     if b is not None and b.shape != (d,):
         raise ValueError(f"hermes.load: {path}: tensor 'b' has shape {b.shape}, expected ({d},)")
-    return Model(cbs, W=W, b=b, metric=metric, normalize=normalize, ortho_tol=ortho_tol)
+    try:
+        return Model(cbs, W=W, b=b, metric=metric, normalize=normalize, ortho_tol=ortho_tol)
+    except ValueError as e:  # e.g. NaN in a codebook: name the file
+        raise ValueError(f"hermes.load: {path}: {e}") from None
+
+
+def _meta_value(path, meta: dict, key: str, parse, expected: str, default: str | None = None):
+    """meta[key] parsed strictly by ``parse`` (None: malformed); errors name the file and the key."""
+    if key not in meta:
+        if default is None:
+            raise ValueError(f"hermes.load: {path} has no metadata key {key!r} (expected {expected})")
+        raw = default
+    else:
+        raw = meta[key]
+    try:
+        v = parse(raw)
+    except (ValueError, TypeError):
+        v = None
+    if v is None:
+        raise ValueError(f"hermes.load: {path}: metadata {key!r} is {raw!r}; expected {expected}")
+    return v
+
+
+def _parse_count(raw: str):
+    return int(raw) if re.fullmatch(r"[1-9][0-9]*", raw, re.ASCII) else None
+
+
+def _parse_levels(raw: str):
+    v = json.loads(raw)
+    ok = isinstance(v, list) and 1 <= len(v) <= MAX_LEVELS and all(
+        type(k) is int and 1 <= k <= MAX_CODEWORDS for k in v)
+    return [int(k) for k in v] if ok else None
+
+
+def _parse_tol(raw: str):
+    v = float(raw) if re.fullmatch(r"[0-9.eE+-]+", raw, re.ASCII) else None
+    return v if v is not None and math.isfinite(v) and v >= 0 else None
+
+

@@ -95,7 +95,7 @@ def test_stats(run, world):
     classes = (world["x"][:, 0] > 0).astype(np.int64)
     np.save(world["dir"] / "classes.npy", classes)
     r = run("stats", "labels", "--embeddings", "a.npy", "--embeddings", "b.parquet", "--labels", "classes.npy",
-            "--k", "5")
+            "--k", "5", "--no-progress")
     lines = r.output.splitlines()
     assert lines[0] == "200 documents in 2 labels file(s), levels 6,4,3"
     head = lines[1].split()
@@ -108,6 +108,16 @@ def test_stats(run, world):
 
     assert float(l1[7]) == pytest.approx(purity(classes, codes[:, 0]), rel=1e-5)
     assert any(ln.startswith("L123 ") for ln in lines) and "pool sizes" in r.output
+    assert "centroid_cosine over all 200 documents; recall_at_k (k=5): every document searched against all 200" \
+        in r.output
+    from hermes.metrics import recall_at_k
+
+    ids = hermes.buckets.bucket_ids(codes, 1, LEVELS)
+    assert float(l1[5]) == pytest.approx(recall_at_k(world["x"], ids, 5), abs=1e-5)
+    r3 = run("stats", "labels", "--embeddings", "all.npy", "--k", "5", "--sample", "50", "--queries", "20",
+             "--no-progress")
+    assert "centroid_cosine over a sample of 50 documents (seed 0); recall_at_k (k=5): 20 seeded queries searched " \
+           "against a sample of 50 documents (seed 0)" in r3.output
     r2 = run("stats", "labels")  # without embeddings: entropy and pool sizes only
     assert "centroid_cosine" not in r2.output and "share_below" in r2.output
 
@@ -136,6 +146,13 @@ def test_mix_coverage_and_quality(run, world):
     assert set(shard) <= {"a.npy", "b.parquet"}
     keys = list(zip(shard, rows.tolist()))
     assert len(set(keys)) == 60  # without replacement
+    # per L1 bucket: target, drawn, exhausted, in the plan and in the output
+    l1, first = np.unique(plan["l1"], return_index=True)
+    l1_drawn = np.asarray(plan["l1_drawn"])[first]
+    np.testing.assert_array_equal(l1_drawn, [int((s.column("l1").to_numpy() == b).sum()) for b in l1])
+    assert np.all(np.abs(l1_drawn - np.asarray(plan["l1_target"])[first]) < 1 + 1e-9)
+    assert "drawn vs target per L1 bucket: max |drawn - target| = " in r.output
+    assert ("none exhausted" in r.output) == (not any(plan["l1_exhausted"]))
     codes = hermes.assign_codes(world["x"], world["model"])
     glob_idx = np.array([r if sh == "a.npy" else 120 + r for sh, r in keys])
     np.testing.assert_array_equal(s.column("l1").to_numpy(), codes[glob_idx, 0])

@@ -263,10 +263,19 @@ def test_errors_name_the_argument(real, tmp_path):
         hermes.explore(other / "l.parquet", other / "t.jsonl", tmp_path / "p.html", text_field="summary",
                        plan=real["plan"], progress=False)
     (other / "link.html").symlink_to(other / "t.jsonl")  # an .html name that is an input under another name
-    with pytest.raises(ValueError, match="is one of the inputs"):
+    with pytest.raises(ValueError, match=r"explore: out .*link.html is also the texts file .*t.jsonl; refusing"):
         hermes.explore(other / "l.parquet", other / "t.jsonl", other / "link.html", text_field="summary",
                        progress=False)
     assert not (tmp_path / "p.html").exists() and (other / "t.jsonl").stat().st_size > 0
+    # an existing file that is not an explore page is never replaced; a page explore wrote is
+    (tmp_path / "notes.html").write_text("<html>my notes</html>")
+    with pytest.raises(ValueError, match=r"out .*notes.html exists and is not a file this command writes \(a hermes "
+                                         r"explore page\)"):
+        hermes.explore(lab, texts, tmp_path / "notes.html", text_field="summary", progress=False)
+    assert (tmp_path / "notes.html").read_text() == "<html>my notes</html>"
+    shutil.copy(real["page"], tmp_path / "again.html")
+    hermes.explore(lab, texts, tmp_path / "again.html", text_field="summary", progress=False, seed=5)
+    assert page_data(tmp_path / "again.html")["seed"] == 5
 
 
 def test_cli_explore_and_errors(real, tmp_path):

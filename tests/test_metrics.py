@@ -167,3 +167,73 @@ def test_report():
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ------------------------------------------------------------------------------------ corpus scale
+def _stream(tmp_path, parts, kinds):
+    """An EmbeddingStream over shards of x written as .npy or parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hermes._stream import EmbeddingStream
+    from hermes.readers import open_shard
+
+    shards = []
+    for i, (xp, kind) in enumerate(zip(parts, kinds)):
+        p = tmp_path / f"s{i}.{kind}"
+        if kind == "npy":
+            np.save(p, xp)
+        else:
+            pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(xp.reshape(-1)),
+                                                                                     xp.shape[1])}), p,
+                           row_group_size=37)
+        shards.append(open_shard(p))
+    return EmbeddingStream(shards)
+
+
+@pytest.mark.parametrize("kinds,memory", [(("npy", "parquet"), 1 << 28),   # sequential blocks, per-bucket sums
+                                          (("npy", "parquet"), 4096),      # one slot per pass, many passes
+                                          (("npy", "npy"), 1 << 28)])      # random access: bucket-sorted pass
+def test_report_streaming_equals_report(tmp_path, kinds, memory):
+    rng = np.random.default_rng(3)
+    n, d, levels = 257, 13, (5, 4, 3)
+    centers = rng.standard_normal((7, d))
+    x = (centers[rng.integers(0, 7, n)] + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
+    x[5] = 0.0  # a zero row
+    codes = np.stack([rng.integers(0, K, n) for K in levels], 1)
+    codes[:40] = codes[0]  # one big bucket at every depth
+    stream = _stream(tmp_path, [x[:100].astype(np.float16), x[100:]], kinds)
+    assert stream.random_access == (kinds[1] == "npy")
+    x[:100] = x[:100].astype(np.float16)
+    ref = hm.report(x, codes, levels, k=5, exact_max=1000)
+    rows, info = hm.report_streaming(stream, codes, levels, k=5, queries=1000, block=31, memory=memory)
+    assert info["queries"] == n and not info["sampled"] and (info["passes"] > 1) == (memory == 4096)
+    assert (info["slots"] == 0) == stream.random_access
+    for a, b in zip(ref, rows):
+        assert b["centroid_cosine"] == pytest.approx(a["centroid_cosine"], abs=1e-6)
+        # the zero row (x[5]) ties with everything: as a query its 5 neighbours are any; one may differ
+        assert b["recall_at_k"] == pytest.approx(a["recall_at_k"], abs=1.01 / (n * 5))
+        assert b["entropy"] == a["entropy"] and b["median"] == a["median"]
+    # sampled queries: the same seeded draw as recall_at_k(exact_max=sample=queries)
+    rows, info = hm.report_streaming(stream, codes, levels, k=5, queries=50, seed=4, block=64)
+    ids3 = hb.bucket_ids(codes, 3, levels)
+    assert info["queries"] == 50
+    assert rows[2]["recall_at_k"] == pytest.approx(hm.recall_at_k(x, ids3, 5, exact_max=50, sample=50, seed=4))
+    # a document sample: the embedding metrics are those of the sampled rows
+    rows, info = hm.report_streaming(stream, codes, levels, k=3, queries=1000, sample=90, seed=2, block=40)
+    keep = np.sort(np.random.default_rng(2).choice(n, size=90, replace=False))
+    sub = hm.report(x[keep], codes[keep], levels, k=3, exact_max=1000)
+    assert info["sampled"] and info["n_scored"] == 90
+    for a, b in zip(sub, rows):
+        assert b["centroid_cosine"] == pytest.approx(a["centroid_cosine"], abs=1e-6)
+        assert b["recall_at_k"] == pytest.approx(a["recall_at_k"], abs=1e-12)
+    assert rows[0]["entropy"] == ref[0]["entropy"]  # bucket statistics stay those of all N
+
+
+def test_report_streaming_bad_input(tmp_path):
+    x = np.ones((10, 4), np.float32)
+    stream = _stream(tmp_path, [x], ["npy"])
+    with pytest.raises(ValueError, match="report_streaming: the embeddings hold 10 rows but codes has 9"):
+        hm.report_streaming(stream, np.zeros((9, 2), np.int64), (2, 2))
+    with pytest.raises(ValueError, match=r"report_streaming: k=10 needs at least k \+ 1"):
+        hm.report_streaming(stream, np.zeros((10, 2), np.int64), (2, 2), k=10)

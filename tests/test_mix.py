@@ -208,7 +208,9 @@ def test_without_replacement_saturation_and_unbiased():
     codes = np.array([[0, 0]] * 3 + [[0, 1]] * 100 + [[1, 0]] * 200, np.int32)
     idx, plan = mix.sample(codes, 120, levels=(2, 2), depth=2, seed=0)
     assert plan["drawn"].tolist()[0] == 3 and plan["target"][0] == 3
-    np.testing.assert_allclose(plan["target"], [3, 39, 78])  # 117 left, split 1 : 2 by mass
+    # the sibling [0, 1] takes the 57 the saturated [0, 0] cannot give: L1 keeps its 60 : 60
+    np.testing.assert_allclose(plan["target"], [3, 57, 60])
+    np.testing.assert_array_equal(plan["l1_drawn"], [60, 60, 60])
     assert np.all(np.abs(plan["drawn"] - plan["target"]) < 2)
     # across seeds the mean count per sub-bucket equals the target
     codes, _ = make(400, seed=7)
@@ -286,11 +288,11 @@ def test_empty_and_torch():
     (dict(quality=np.ones(40), stage2="quality", p=0), ValueError, r"p must be a fraction in \(0, 1\]"),
     (dict(quality=np.ones(40), stage2="quality", p=1.5), ValueError, r"p must be a fraction"),
     (dict(stage2="topk"), ValueError, r"stage2 must be one of"),
-    (dict(depth=4), ValueError, r"sample: depth must be in \[1, 3\]"),
+    (dict(depth=4), ValueError, r"sample: depth must be an integer in \[1, 3\]"),
     (dict(stage1="unifrom"), ValueError, r"stage1 must be 'uniform', 'proportional'"),
     (dict(stage1=-1.0), ValueError, r"stage1 temperature must be > 0"),
     (dict(stage1=[1, 2]), TypeError, r"stage1 must be"),
-    (dict(budget=-1), ValueError, r"sample: budget must be in"),
+    (dict(budget=-1), ValueError, r"sample: budget must be an integer >= 0"),
     (dict(budget=2.5), TypeError, r"sample: budget must be an integer"),
     (dict(budget=41), ValueError, r"budget=41 exceeds the pool of 40 documents"),
     (dict(tokens=-np.ones(40)), ValueError, r"sample: tokens must be >= 0; row 0"),

@@ -124,7 +124,7 @@ def test_kmeans_bad_input():
     x, _, _ = blobs(n=50)
     with pytest.raises(ValueError, match="fewer than k = 60"):
         kmeans(x, 60)
-    with pytest.raises(ValueError, match="k must be an integer"):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
         kmeans(x, 0)
     with pytest.raises(ValueError, match="metric"):
         kmeans(x, 3, metric="dot")

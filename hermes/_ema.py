@@ -1,0 +1,278 @@
+"""The EMA residual-quantizer trainer behind ``fit(method="hermes")``: state init (residual k-means),
+one training step (forward, loss, backward, AdamW, orthogonal projection), the EMA codebook update and
+the dead-code reset, each its own function; DDP helpers."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+
+from ._kmeans import _KMEANS_BATCH, _rvq
+from ._sources import _Source, _rng, _torch, _torch_gen
+from .model import codeword_term
+
+
+# ----------------------------------------------------------------------------------------- DDP
+def _dist():
+    """(torch.distributed, rank, world) when a process group is initialized, else (None, 0, 1)."""
+    torch = _torch()
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d, d.get_rank(), d.get_world_size()
+    return None, 0, 1
+
+
+# ------------------------------------------------------------------------------------------ hermes
+def _save_hermes(ckpt, epoch, state, stats):
+    ckpt.save({"epoch": epoch, "W": state.W.detach().cpu(), "b": state.b.detach().cpu(),
+               "opt": state.opt.state_dict(), "codebooks": [c.cpu() for c in state.C],
+               "ema_n": [c.cpu() for c in state.ema_n], "ema_s": [c.cpu() for c in state.ema_s],
+               "stats": json.dumps(stats)})
+
+
+def project_orthogonal(W, *, max_iter: int = 10):
+    """The orthogonal matrix nearest to W [d, d] in Frobenius norm: the polar factor U Vᵀ of W = U S Vᵀ.
+
+    After an optimizer step W is close to orthogonal, so Newton–Schulz iterations X ← X (3I − XᵀX) / 2
+    (two GEMMs each, quadratic convergence) reach the polar factor in two or three steps, several times
+    faster than an SVD at d = 1024 (and closer to the float64 polar factor than a float32 SVD). With
+    E = XᵀX − I, one step maps E to −(3/4)E² + (1/4)E³, so ||E'||_F ≤ (3/4)e² + (1/4)e³ for e = ||E||_F;
+    the last step is taken once that bound is at the fp32 floor (2e-7 d). The SVD is used instead when a
+    singular value may exceed √3 (the largest absolute row sum of WᵀW is 3 or more: the iteration could then
+    converge to a different orthogonal matrix), when the error stops shrinking (W nearly singular), or after
+    ``max_iter`` steps. On CUDA the iteration runs in float64, so TF32 matmul settings cannot touch it.
+    """
+    torch = _torch()
+    X = W.double() if W.is_cuda else W
+    eye = torch.eye(W.shape[0], dtype=X.dtype, device=W.device)
+    prev, floor = math.inf, 2e-7 * W.shape[0]  # about where fp32 rounding leaves ||XᵀX − I||_F
+    for it in range(max_iter):
+        A = X.T @ X
+        # The iteration converges to the polar factor when every singular value is in (0, √3); beyond √3 it
+        # can converge to another orthogonal matrix. σ_max² = ||XᵀX||_2 ≤ its largest absolute row sum.
+        if it == 0 and not float(A.abs().sum(1).max()) < 3.0:
+            break
+        err = float(torch.linalg.matrix_norm(A - eye))
+        if not err < prev:  # not converging (NaN included)
+            break
+        X = X @ (1.5 * eye - 0.5 * A)
+        if 0.75 * err * err + 0.25 * err ** 3 <= floor:
+            return X.to(W.dtype)
+        prev = err
+    U, _, Vh = torch.linalg.svd(W)
+    return U @ Vh
+
+
+class _State:
+    """What the hermes trainer carries between steps: the transform (W, b) and its optimizer, the
+    codebooks C[l] [K_l, d] and their EMA statistics (ema_n[l] [K_l] cluster sizes, ema_s[l] [K_l, d]
+    cluster sums), all on the training device."""
+
+    def __init__(self, W, b, opt, C, ema_n, ema_s):
+        self.W, self.b, self.opt, self.C, self.ema_n, self.ema_s = W, b, opt, C, ema_n, ema_s
+
+
+def _init_state(src: _Source, levels, metric, opts, batch, lr, wd, seed, progress, resume_blob, stats):
+    """The trainer's starting state: W = I, b = 0, codebooks from residual k-means on normalize(x), EMA
+    statistics scaled to one global minibatch; or the state of a checkpoint. Returns (state, first epoch)."""
+    torch = _torch()
+    dist, rank, world = _dist()
+    dev, d = src.device, src.d
+    W = torch.nn.Parameter(torch.eye(d, device=dev))
+    b = torch.nn.Parameter(torch.zeros(d, device=dev))
+    opt = torch.optim.AdamW([W, b], lr=lr, weight_decay=wd)
+    if resume_blob is not None and "epoch" in resume_blob:
+        with torch.no_grad():
+            W.copy_(resume_blob["W"])
+            b.copy_(resume_blob["b"])
+        opt.load_state_dict(resume_blob["opt"])
+        C = [c.to(dev) for c in resume_blob["codebooks"]]
+        ema_n = [c.to(dev) for c in resume_blob["ema_n"]]
+        ema_s = [c.to(dev) for c in resume_blob["ema_s"]]
+        saved = resume_blob.get("stats", stats)
+        stats.clear()
+        stats.update(json.loads(saved) if isinstance(saved, str) else saved)
+        return _State(W, b, opt, C, ema_n, ema_s), int(resume_blob["epoch"])
+    t0 = time.perf_counter()
+    rvq_opts = dict(kmeans_iters=opts["kmeans_iters"], max_points_per_centroid=opts["max_points_per_centroid"],
+                    init=opts["init"], normalize=True, progressive=opts["progressive"],
+                    warmup_iters=opts["warmup_iters"])
+    with torch.no_grad():
+        C, counts, m = _rvq(src, levels, metric, rvq_opts, seed, max(batch, _KMEANS_BATCH), progress, None, None)
+    # EMA statistics start at the k-means solution, scaled to one (global) minibatch.
+    gb = batch * world
+    ema_n = [c.float() * (gb / m) for c in counts]
+    ema_s = [Ci * n[:, None] for Ci, n in zip(C, ema_n)]
+    if dist is not None:  # every rank computes the same init from the same seed; rank 0's wins
+        for t in [*C, *ema_n, *ema_s]:
+            dist.broadcast(t, 0)
+    stats["init_s"] = time.perf_counter() - t0
+    return _State(W, b, opt, C, ema_n, ema_s), 0
+
+
+def _quantize(h, C, metric):
+    """Greedy residual quantization of h [B, d] with codebooks C (no gradient through the choice).
+
+    Returns (final residual r_L [B, d] with gradient to h, commitment sum_l MSE(r_l, sg(q_l)),
+    residuals [r_l detached [B, d]] per stage, codes [[B] int64] per stage).
+    """
+    torch = _torch()
+    F = torch.nn.functional
+    r, commit, res, codes = h, 0.0, [], []
+    for Cl in C:
+        with torch.no_grad():
+            rd = r.detach()
+            s = rd @ Cl.T
+            term = codeword_term(Cl, metric)
+            s = s * term if metric == "cos" else 2 * s - term
+            c = torch.argmax(s, dim=1)
+        q = Cl[c]
+        commit = commit + F.mse_loss(r, q)
+        res.append(r.detach())
+        codes.append(c)
+        r = r - q
+    return r, commit, res, codes
+
+
+def _train_step(state: _State, e, opts, metric, gen, eye, tm):
+    """One optimizer step on the minibatch e [B, d]: forward (transform, quantize, loss terms), backward,
+    AdamW (gradients averaged across DDP ranks), then W <- its nearest orthogonal matrix.
+
+    Returns (loss terms as floats, residuals per stage, codes per stage); adds seconds to tm.
+    """
+    torch = _torch()
+    F = torch.nn.functional
+    dist, _, world = _dist()
+    W, b = state.W, state.b
+    t1 = time.perf_counter()
+    en = F.normalize(e, dim=1)
+    h = F.normalize(F.linear(e, W, b), dim=1)
+    r, commit, res, codes = _quantize(h, state.C, metric)
+    l_quant = (r ** 2).mean() if opts["quant_grad"] else (r.detach() ** 2).mean()
+    B, pairs = e.shape[0], opts["struct_pairs"]
+    i = torch.randint(0, B, (pairs,), generator=gen, device=e.device)
+    j = torch.randint(0, B, (pairs,), generator=gen, device=e.device)
+    # index_select, not h[i]: the backward of advanced indexing with repeated indices accumulates
+    # with atomics on multi-threaded CPUs (run-to-run different gradients); index_select's is
+    # deterministic.
+    hi_, hj_ = h.index_select(0, i), h.index_select(0, j)
+    l_struct = (((en.index_select(0, i) * en.index_select(0, j)).sum(1) - (hi_ * hj_).sum(1)) ** 2).mean()
+    l_ortho = ((W.T @ W - eye) ** 2).sum()
+    loss = l_struct + l_quant + opts["ortho_weight"] * l_ortho + opts["commitment"] * commit
+    t2 = time.perf_counter()
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if dist is not None:
+        for p in (W, b):
+            dist.all_reduce(p.grad)
+            p.grad /= world
+    state.opt.step()
+    t3 = time.perf_counter()
+    with torch.no_grad():
+        W.copy_(project_orthogonal(W))
+    t4 = time.perf_counter()
+    tm["forward"] += t2 - t1
+    tm["backward"] += t3 - t2
+    tm["project"] += t4 - t3
+    terms = dict(loss=loss, struct=l_struct, quant=l_quant, ortho=l_ortho, commit=commit)
+    vals = {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in terms.items()}
+    return vals, res, codes
+
+
+def _ema_update(state: _State, res, codes, decay: float, eps: float):
+    """EMA codebook update from one minibatch (sums over all DDP ranks): per stage l,
+    ema_n <- decay ema_n + (1 - decay) counts, ema_s <- decay ema_s + (1 - decay) sums, and
+    C[l] = ema_s / (Laplace-smoothed ema_n). Returns the per-stage batch counts [K_l] (float32)."""
+    torch = _torch()
+    dist, _, _ = _dist()
+    out = []
+    with torch.no_grad():
+        for l, Cl in enumerate(state.C):
+            K, d = Cl.shape
+            cnt = torch.bincount(codes[l], minlength=K).float()
+            sm = torch.zeros((K, d), device=Cl.device).index_add_(0, codes[l], res[l])
+            if dist is not None:
+                dist.all_reduce(cnt)
+                dist.all_reduce(sm)
+            state.ema_n[l].mul_(decay).add_(cnt, alpha=1 - decay)
+            state.ema_s[l].mul_(decay).add_(sm, alpha=1 - decay)
+            tot = state.ema_n[l].sum()
+            smooth = (state.ema_n[l] + eps) / (tot + K * eps) * tot
+            state.C[l] = state.ema_s[l] / smooth[:, None]
+            out.append(cnt)
+    return out
+
+
+def _reset_dead_codes(state: _State, dead, res, threshold: float, rng: np.random.Generator) -> int:
+    """Replaces the codewords dead[l] (index tensors) of each stage with residuals res[l] drawn at random
+    from a minibatch, their EMA size set to ``threshold`` and their EMA sum to threshold * the residual;
+    broadcast from rank 0 under DDP. Returns how many codewords were reset."""
+    torch = _torch()
+    dist, _, _ = _dist()
+    total = 0
+    with torch.no_grad():
+        for l, dl in enumerate(dead):
+            if dl.numel() and res is not None:
+                pool = res[l]
+                pick = torch.from_numpy(rng.integers(0, pool.shape[0], size=dl.numel())).to(pool.device)
+                state.C[l][dl] = pool[pick]
+                state.ema_n[l][dl] = float(threshold)
+                state.ema_s[l][dl] = pool[pick] * float(threshold)
+                if dist is not None:
+                    for t in (state.C[l], state.ema_n[l], state.ema_s[l]):
+                        dist.broadcast(t, 0)
+            total += int(dl.numel())
+    return total
+
+
+def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, progress, ckpt, resume_blob):
+    """The training loop: returns (W [d, d], b [d], codebooks, stats)."""
+    torch = _torch()
+    from tqdm.auto import tqdm
+
+    dist, rank, world = _dist()
+    N, d, dev = src.N, src.d, src.device
+    stats = {"epochs": [], "init_s": 0.0}
+    state, start_epoch = _init_state(src, levels, metric, opts, batch, lr, wd, seed, progress, resume_blob, stats)
+    if start_epoch == 0 and (resume_blob is None or "epoch" not in resume_blob) and ckpt is not None and rank == 0:
+        _save_hermes(ckpt, 0, state, stats)
+    decay, eps = opts["ema_decay"], opts["ema_eps"]
+    steps = max(1, math.ceil(N / (batch * world)))
+    eye = torch.eye(d, device=dev)
+    for epoch in range(start_epoch, epochs):
+        rng = _rng(seed, 3, epoch)
+        gen = _torch_gen(rng, dev)
+        perm = rng.permutation(N)
+        usage = [torch.zeros(K, dtype=torch.float64, device=dev) for K in levels]
+        tm = dict(data=0.0, forward=0.0, backward=0.0, project=0.0, ema=0.0)
+        sums = dict(loss=0.0, struct=0.0, quant=0.0, ortho=0.0, commit=0.0)
+        last_res = None
+        with tqdm(total=steps, desc=f"hermes epoch {epoch + 1}/{epochs}", disable=not progress or rank,
+                  leave=False) as bar:
+            for step in range(steps):
+                t0 = time.perf_counter()
+                gidx = perm[step * batch * world:(step + 1) * batch * world]
+                e = src.rows(np.sort(gidx[rank::world]))
+                tm["data"] += time.perf_counter() - t0
+                vals, res, codes = _train_step(state, e, opts, metric, gen, eye, tm)
+                t4 = time.perf_counter()
+                cnts = _ema_update(state, res, codes, decay, eps)
+                for l, cnt in enumerate(cnts):
+                    usage[l] += cnt.double()
+                last_res = res
+                tm["ema"] += time.perf_counter() - t4
+                for k_, v in vals.items():
+                    sums[k_] += v
+                bar.set_postfix({k_: f"{v:.4g}" for k_, v in vals.items()})
+                bar.update(1)
+        # Dead codes: used fewer than `dead_code_threshold` times this epoch -> a sampled residual.
+        dead = [torch.nonzero(u < opts["dead_code_threshold"]).flatten() for u in usage]
+        dead_total = _reset_dead_codes(state, dead, last_res, opts["dead_code_threshold"], rng)
+        stats["epochs"].append({"epoch": epoch + 1, "steps": steps, "dead_codes_reset": dead_total,
+                                **{f"mean_{k_}": v / steps for k_, v in sums.items()},
+                                **{f"{k_}_s": v for k_, v in tm.items()}})
+        if ckpt is not None and rank == 0:
+            _save_hermes(ckpt, epoch + 1, state, stats)
+    return state.W.detach(), state.b.detach(), state.C, stats

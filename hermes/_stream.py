@@ -1,0 +1,162 @@
+"""Re-readable streams of embedding rows over shards, for the passes of corpus-scale metrics.
+
+``EmbeddingStream(shards)`` yields ``(row0, float32 [b, d])`` blocks in global row order (shard after shard),
+as many times as asked, and ``take(rows)`` gathers a few rows. ``.npy`` shards are read with plain file
+reads into one reused buffer (a memory map would count every page read in the process's RSS); other
+shards go through their readers' ``batches``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["EmbeddingStream"]
+
+
+def _npy_layout(path):
+    """(data offset in bytes, shape, dtype, fortran_order) of a .npy file, from its header."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        if major not in (1, 2):
+            return None
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        return f.tell(), shape, dtype, fortran
+
+
+class EmbeddingStream:
+    """Rows of one or more shards (opened by :func:`hermes.readers.open_shard`), in order.
+
+    n: total rows; d: dimension. ``blocks(rows, keep=None)`` yields ``(row0, x)`` with x float32 ``[b, d]``
+    (only the rows in the sorted global index array ``keep`` when given, then row0 is the position in
+    ``keep``); ``take(rows)`` returns float32 ``[len(rows), d]`` for sorted global row indices.
+    """
+
+    def __init__(self, shards, fn: str = "EmbeddingStream"):
+        shards = list(shards)
+        ds = {s.d for s in shards if s.n}
+        if len(ds) > 1:
+            raise ValueError(f"{fn}: the embeddings have different dimensions: " +
+                             ", ".join(f"{s.path} d={s.d}" for s in shards))
+        self.shards, self.fn = shards, fn
+        self.d = ds.pop() if ds else (shards[0].d if shards else 0)
+        self.offsets = np.cumsum([0] + [s.n for s in shards])
+        self.n = int(self.offsets[-1])
+        self._npy = {}
+        for i, s in enumerate(shards):
+            if s.kind == "npy":
+                layout = _npy_layout(s.path)
+                if layout is not None and not layout[3]:
+                    off, _, dtype, _ = layout
+                    self._npy[i] = (off, np.dtype(dtype))
+
+    def _shard_blocks(self, i: int, rows: int):
+        """(local row0, float32 [b, d]) blocks of shard i."""
+        s = self.shards[i]
+        if i in self._npy:
+            off, dt = self._npy[i]
+            row_bytes = dt.itemsize * s.d
+            buf = np.empty((rows, s.d), dt)
+            with open(s.path, "rb", buffering=0) as f:
+                f.seek(off)
+                for lo in range(0, s.n, rows):
+                    b = min(rows, s.n - lo)
+                    view = buf[:b]
+                    got = f.readinto(memoryview(view).cast("B"))
+                    if got != b * row_bytes:
+                        raise ValueError(f"{self.fn}: {s.path} ended after row {lo + got // row_bytes} of {s.n} "
+                                         f"(truncated?)")
+                    yield lo, view.astype(np.float32)
+            return
+        for lo, x in s.batches(rows):
+            yield lo, np.asarray(x, dtype=np.float32)
+
+    def blocks(self, rows: int = 16384, keep: np.ndarray | None = None):
+        out_row = 0
+        for i, s in enumerate(self.shards):
+            base = int(self.offsets[i])
+            if keep is not None:
+                lo_k, hi_k = np.searchsorted(keep, [base, base + s.n])
+                if lo_k == hi_k:
+                    continue
+                mine = keep[lo_k:hi_k] - base
+            for lo, x in self._shard_blocks(i, rows):
+                if keep is None:
+                    yield base + lo, x
+                    continue
+                a, b = np.searchsorted(mine, [lo, lo + x.shape[0]])
+                if a < b:
+                    yield out_row, x[mine[a:b] - lo]
+                    out_row += b - a
+
+    def locate(self, row: int) -> tuple:
+        """(shard path, row within it) of global row ``row``."""
+        i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.shards[i].path, int(row - self.offsets[i])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), d] for sorted global row indices (npy: direct reads; others: one pass)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, self.d), np.float32)
+        pos = 0
+        for i, s in enumerate(self.shards):
+            base = int(self.offsets[i])
+            a, b = np.searchsorted(rows, [base, base + s.n])
+            if a == b:
+                continue
+            mine = rows[a:b] - base
+            if i in self._npy:
+                off, dt = self._npy[i]
+                row_bytes = dt.itemsize * s.d
+                one = np.empty(s.d, dt)
+                with open(s.path, "rb", buffering=0) as f:
+                    for j, r in enumerate(mine):
+                        f.seek(off + int(r) * row_bytes)
+                        f.readinto(memoryview(one).cast("B"))
+                        out[pos + j] = one
+            else:
+                for lo, x in s.batches(16384):
+                    c, e = np.searchsorted(mine, [lo, lo + x.shape[0]])
+                    if c < e:
+                        out[pos + c:pos + e] = x[mine[c:e] - lo]
+            pos += b - a
+        return out
+
+    @property
+    def random_access(self) -> bool:
+        """Every shard is a plain .npy file, so rows can be gathered in any order cheaply."""
+        return len(self._npy) == len(self.shards) and self.n > 0
+
+    def gather_blocks(self, order: np.ndarray, rows: int = 16384):
+        """Yields ``(row ids int64 [b], float32 [b, d])`` for consecutive chunks of the global row ids ``order``.
+
+        Needs :attr:`random_access`. The files are mapped read-only (random access hint) and the pages of each
+        chunk are released after it is copied out, so the process's RSS stays bounded by the chunk, not by the
+        file, whatever order the rows are visited in.
+        """
+        import mmap
+
+        maps, arr = [], None
+        try:
+            for i, s in enumerate(self.shards):
+                off, dt = self._npy[i]
+                with open(s.path, "rb") as f:
+                    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if s.n else None
+                if mm is not None and hasattr(mm, "madvise"):
+                    mm.madvise(mmap.MADV_RANDOM)
+                arr = np.frombuffer(mm, dtype=dt, count=s.n * s.d, offset=off).reshape(s.n, s.d) if mm is not None \
+                    else np.zeros((0, s.d), dt)
+                maps.append((mm, arr))
+            starts = self.offsets[:-1]
+            for lo in range(0, order.size, rows):
+                ids = np.asarray(order[lo:lo + rows], dtype=np.int64)
+                sh = np.searchsorted(self.offsets, ids, side="right") - 1
+                x = np.empty((ids.size, self.d), np.float32)
+                for i in np.unique(sh):
+                    sel = sh == i
+                    x[sel] = maps[i][1][ids[sel] - starts[i]]
+                for mm, _ in maps:
+                    if mm is not None and hasattr(mm, "madvise"):
+                        mm.madvise(mmap.MADV_DONTNEED)
+                yield ids, x
+        finally:
+            maps.clear()  # the arrays go first; each map is closed when its last view is gone
