@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 __all__ = ["atomic_path", "user_os_error", "OutputError", "publish_mode", "fsync_path", "same_file", "check_outputs", "Output",
-           "owns_hermes_safetensors", "owns_hermes_parquet", "owns_image", "owns_csv_header", "owns_json_format",
+           "owns_hermes_safetensors", "owns_hermes_parquet", "owns_image", "owns_html", "owns_csv_header", "owns_json_format",
            "IMAGE_SUFFIXES"]
 
 
@@ -217,6 +217,17 @@ def owns_csv_header(prefix: str) -> Callable[[Path], bool]:
             return False
 
     return owns
+
+
+def owns_html(path: Path) -> bool:
+    """The file is an HTML page (its first non-blank bytes open ``<!doctype html`` or ``<html``): what a command
+    that writes a page (``hermes explore --out``) may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+    except OSError:
+        return False
+    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
 
 
 _IMAGE_MAGIC = {".png": [b"\x89PNG\r\n\x1a\n"], ".pdf": [b"%PDF"], ".jpg": [b"\xff\xd8\xff"], ".jpeg": [b"\xff\xd8\xff"],

@@ -195,6 +195,21 @@ def test_check_outputs_compares_files_not_strings(tmp_path):
     check_outputs("f", [Output("--x", tmp_path / "n1"), Output("--y", tmp_path / "n2")], [("the input a", a)])
 
 
+def test_kind_predicates(tmp_path):
+    from hermes._io import owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, owns_html, owns_image
+
+    page, png, csv = tmp_path / "p.html", tmp_path / "i.png", tmp_path / "plan.csv"
+    page.write_text("\n  <!DOCTYPE html><html></html>")
+    png.write_bytes(b"\x89PNG\r\n\x1a\n rest")
+    csv.write_text('"l1","bucket","size"\n1,2,3\n')
+    assert owns_html(page) and not owns_html(png) and owns_image(png) and not owns_image(page)
+    assert owns_csv_header("l1,bucket")(csv) and not owns_csv_header("l1,bucket")(page)
+    hermes.Model([np.eye(2, dtype=np.float32)]).save(tmp_path / "m.safetensors")
+    assert owns_hermes_safetensors("hermes-model")(tmp_path / "m.safetensors")
+    for p in (page, png, csv, tmp_path / "missing"):
+        assert not owns_hermes_safetensors("hermes-model")(p) and not owns_hermes_parquet("hermes-mix")(p)
+
+
 def test_atomic_write_errors_name_the_users_path(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(OSError) as e:
