@@ -330,7 +330,7 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
             raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {stream.n:,} rows, the labels hold {n:,}")
         rows, info = report_streaming(stream, lab.codes, lab.levels, labels=classes, k=(k or None), queries=queries,
                                       sample=sample, seed=seed, small=small, memory=memory_mb << 20,
-                                      progress=progress)
+                                      progress=progress, fn="hermes stats")
         scored = (f"a sample of {info['n_scored']:,} documents (seed {seed})" if info["sampled"]
                   else f"all {info['n_scored']:,} documents")
         note = f"centroid_cosine over {scored}"

@@ -153,7 +153,7 @@ def test_stats_cli_embeddings(tmp_path, monkeypatch, row):
     hermes.label("clean.npy", m, "lab", progress=False)
     np.save("bad.npy", poisoned(row, np.nan))
     r = CliRunner().invoke(main, ["stats", "lab", "--embeddings", "bad.npy", "--no-progress"])
-    assert r.exit_code == 1 and f"bad.npy row {row} contains NaN or Inf" in r.output, r.output
+    assert r.exit_code == 1 and f"Error: hermes stats: bad.npy row {row} contains NaN or Inf" in r.output, r.output
 
 
 # ----------------------------------------------------------------------------- kernels and labeling
