@@ -188,11 +188,35 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
             kw[k] = v
     if resume:
         kw["resume"] = True
-    model = train.fit(x, levels, **kw)
+    try:
+        model = train.fit(x, levels, **kw)
+    except ValueError as e:
+        _name_input_row(e, list(inputs), column, tensor, sample, seed)
+        raise
     t2 = time.perf_counter()
     model.save(out)
     click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
+
+
+def _name_input_row(e: ValueError, inputs, column, tensor, sample, seed) -> None:
+    """Re-raises fit's "x row R ..." naming the input file and its row (R indexes the rows read, a sample
+    or the inputs one after another); returns for other errors."""
+    import re
+
+    from .readers import expand_inputs, open_shard, sample_rows
+
+    m = re.match(r"^fit: x row (\d+) (.*)$", str(e), re.S)
+    if not m:
+        return
+    shards = [open_shard(p, column=column, tensor=tensor, fn="hermes fit") for p in expand_inputs("hermes fit", inputs)]
+    sizes = np.array([s.n for s in shards])
+    row = int(m.group(1))
+    if sample is not None and sample < sizes.sum():
+        row = int(sample_rows(int(sizes.sum()), sample, seed)[row])
+    i = int(np.searchsorted(np.cumsum(sizes), row, side="right"))
+    local = row - int(sizes[:i].sum())
+    raise ValueError(f"hermes fit: {shards[i].path} row {local} {m.group(2)}") from None
 
 
 def _input_files(inputs) -> list:

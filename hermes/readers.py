@@ -405,6 +405,11 @@ def expand_inputs(fn: str, inputs) -> list[Path]:
     return out
 
 
+def sample_rows(total: int, sample: int, seed: int) -> np.ndarray:
+    """The sorted global row ids [sample] that read_embeddings(sample=, seed=) reads, of ``total`` rows."""
+    return np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
+
+
 def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = None, sample: int | None = None,
                     seed: int = 0, batch_size: int = DEFAULT_BATCH, fn: str = "read_embeddings") -> np.ndarray:
     """Reads shards into one ``[N, d]`` array (float16 kept, bf16/float64 as float32), or ``sample`` random rows.
@@ -429,7 +434,7 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
             return shards[0].x
         parts = [b for s in shards for _, b in s.batches(batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, d.pop() if d else 0), np.float32)
-    keep = np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
+    keep = sample_rows(total, sample, seed)
     parts, base = [], 0
     for s in shards:
         mine = keep[(keep >= base) & (keep < base + s.n)] - base

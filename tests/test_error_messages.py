@@ -156,3 +156,23 @@ def test_json_manifest_error_names_the_file(tmp_path):
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({"format": "hermes-labels", "shards": [{}]}))
     with pytest.raises(ValueError, match=r"^read_labels: .*out/manifest\.json is not a valid hermes manifest"):
         L.read_labels(tmp_path / "out")
+
+
+@pytest.mark.parametrize("sample", [None, 70])
+def test_fit_cli_names_the_input_file_and_row(tmp_path, monkeypatch, sample):
+    """fit sees one array (the inputs one after another, or a sample of them); the error names file and row."""
+    from hermes.readers import sample_rows
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.save("a.npy", rng.standard_normal((40, D)).astype(np.float32))
+    b = rng.standard_normal((40, D)).astype(np.float32)
+    bad = 33
+    if sample is not None:
+        assert 40 + bad in sample_rows(80, sample, 0)  # the sample holds the bad row
+    b[bad, 1] = np.nan
+    np.save("b.npy", b)
+    args = ["fit", "a.npy", "b.npy", "--out", "m.safetensors", "--method", "rvq", "--levels", "3", "--no-progress"]
+    r = CliRunner().invoke(main, args + (["--sample", str(sample)] if sample else []))
+    assert r.exit_code == 1 and f"Error: hermes fit: b.npy row {bad} contains NaN or Inf" in r.output, r.output
+    assert not (tmp_path / "m.safetensors").exists()
