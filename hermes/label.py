@@ -545,6 +545,36 @@ def _label_files(fn: str, paths) -> list[tuple[Path, dict | None]]:
     return out
 
 
+def _meta_levels(fn: str, f: Path, meta: dict) -> tuple:
+    """The model levels a labels file's metadata records, checked: a list of 1 to 8 integers >= 1."""
+    m = meta.get("model")
+    lv = m.get("levels") if isinstance(m, dict) else None
+    if not (isinstance(lv, list) and 1 <= len(lv) <= 8 and all(type(k) is int and k >= 1 for k in lv)) or \
+            not isinstance(m.get("fingerprint"), str):
+        raise ValueError(f"{fn}: {f}: metadata 'hermes' key 'model' must hold 'levels' (a list of 1 to 8 integers "
+                         f">= 1) and 'fingerprint' (a string), got {m!r:.200}")
+    return tuple(lv)
+
+
+def _checked_codes(fn: str, f: Path, t, cols: list, levels: tuple) -> np.ndarray:
+    """codes [n, L] int32 from a labels table; errors name the file, column and row of a null, non-integer or
+    out-of-range code."""
+    import pyarrow as pa
+
+    out = np.empty((t.num_rows, len(levels)), np.int32)
+    for l, c in enumerate(cols[1:]):
+        col = t.column(c)
+        if col.null_count or not pa.types.is_integer(col.type):
+            raise ValueError(f"{fn}: {f}: column {c} must hold integers without nulls, got {col.type} "
+                             f"({col.null_count} nulls)")
+        a = col.to_numpy()
+        bad = np.flatnonzero((a < 0) | (a >= levels[l]))
+        if bad.size:
+            raise ValueError(f"{fn}: {f}: column {c} row {int(bad[0])} is {int(a[bad[0]])}, outside [0, {levels[l]})")
+        out[:, l] = a
+    return out
+
+
 def read_labels(paths, *, fn: str = "read_labels") -> Labels:
     """Reads :func:`label` outputs (files, or directories: in manifest order, else sorted) into :class:`Labels`."""
     import pyarrow.parquet as pq
@@ -564,7 +594,7 @@ def read_labels(paths, *, fn: str = "read_labels") -> Labels:
                              f"{entry.get('source')} (fingerprint {entry.get('source_fingerprint')}), the file holds "
                              f"{nrows} rows of {meta.get('source')} ({meta.get('source_fingerprint')}); rerun "
                              f"hermes label into that directory to rewrite the manifest")
-        lv = tuple(meta["model"]["levels"])
+        lv = _meta_levels(fn, f, meta)
         if levels is None:
             levels, model = lv, meta["model"]
         elif lv != levels or meta["model"].get("fingerprint") != model.get("fingerprint"):
@@ -576,7 +606,8 @@ def read_labels(paths, *, fn: str = "read_labels") -> Labels:
             t = pq.read_table(f, columns=cols)
         except Exception as e:
             raise ValueError(f"{fn}: {f} could not be read (columns {cols}): {e}") from None
-        codes.append(np.stack([t.column(c).to_numpy().astype(np.int32) for c in cols[1:]], axis=1))
+        c = _checked_codes(fn, f, t, cols, lv)
+        codes.append(c)
         rows.append(t.column("row").to_numpy().astype(np.int64))
         shard.append(np.full(t.num_rows, i, np.int32))
         files.append(str(f))
