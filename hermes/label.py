@@ -107,56 +107,6 @@ def _read_meta(path: Path) -> tuple[dict | None, int]:
         return None, -1
 
 
-# ----------------------------------------------------------------------------------------- CUDA
-def _cuda_codes(batches, model: Model, device, batch_size: int, d: int):
-    """Pipelined CUDA labeling: yields (row0, codes [b, L] numpy) one batch behind the input.
-
-    Two pinned host buffers and two device buffers: batch i+1 is copied host->device on a side stream
-    while the kernels label batch i on the current stream; codes come back through pinned memory. The
-    only host wait is on batch i-1's completion event, after batch i has been queued.
-    """
-    import torch
-
-    from .assign import assign_codes
-
-    dev = torch.device(device)
-    compute, copy = torch.cuda.current_stream(dev), torch.cuda.Stream(dev)
-    L, slots, pending = model.L, [], None
-    for _ in range(2):
-        slots.append(dict(
-            host=torch.empty((batch_size, d), dtype=torch.float32, pin_memory=True),
-            dev=torch.empty((batch_size, d), dtype=torch.float32, device=dev),
-            codes=torch.empty((batch_size, L), dtype=torch.int32, pin_memory=True),
-            bad=torch.empty((batch_size,), dtype=torch.bool, pin_memory=True),
-            copied=torch.cuda.Event(), done=torch.cuda.Event()))
-
-    def finish(p):
-        s, lo, n = p
-        s["done"].synchronize()
-        bad = s["bad"][:n].numpy()
-        if bad.any():
-            raise ValueError(f"x row {int(np.flatnonzero(bad)[0])} contains NaN or Inf")  # row within the batch
-        return lo, s["codes"][:n].numpy().copy()
-
-    for i, (lo, xb) in enumerate(batches):
-        s, n = slots[i % 2], xb.shape[0]
-        s["host"][:n].numpy()[...] = xb  # the slot is free: its previous batch was finished below
-        with torch.cuda.stream(copy):
-            s["dev"][:n].copy_(s["host"][:n], non_blocking=True)
-            s["copied"].record(copy)
-        with torch.cuda.stream(compute):
-            compute.wait_event(s["copied"])
-            x = s["dev"][:n]
-            s["bad"][:n].copy_(~torch.isfinite(x).all(dim=1), non_blocking=True)
-            s["codes"][:n].copy_(assign_codes(x, model, check_finite=False), non_blocking=True)
-            s["done"].record(compute)
-        if pending is not None:
-            yield finish(pending)
-        pending = (s, lo, n)
-    if pending is not None:
-        yield finish(pending)
-
-
 def _resolve_device(fn: str, device):
     from ._backend import cuda_available, cuda_unavailable_reason
 
@@ -407,7 +357,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .assign import assign_codes
+    from .assign import assign_codes, assign_codes_pipelined
 
     for stale in glob.glob(str(out.parent / f".{glob.escape(out.name)}.*.tmp")):
         os.unlink(stale)  # left by a killed run
@@ -422,7 +372,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
             codes_iter = ((lo, assign_codes(xb, model, batch_size=min(batch_size, 8192), progress=False))
                           for lo, xb in batches)
         else:
-            codes_iter = _cuda_codes(batches, model, device, batch_size, model.d)
+            codes_iter = assign_codes_pipelined(batches, model, device, batch_size, model.d)
         rows = 0
         while True:
             try:
