@@ -220,3 +220,17 @@ def test_atomic_write_errors_name_the_users_path(tmp_path):
         hermes.Model([np.eye(2, dtype=np.float32)]).save(tmp_path / "f" / "model.safetensors")
     assert str(tmp_path / "f" / "model.safetensors") in str(e.value) and ".tmp" not in str(e.value)
     assert sorted(os.listdir(tmp_path)) == ["d", "f"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("out,inp", [("data", "data/a.npy"), ("data/../data", "data"), ("data/a.npy", "data/b.parquet"),
+                                     ("model.safetensors", "data/b.parquet")])
+def test_convert_out_never_an_input(world, out, inp):
+    for flag in ([], ["--overwrite"]):
+        refused("convert", inp, "--out", out, "--no-progress", *flag)
+
+
+def test_convert_refuses_a_foreign_file_where_its_output_goes(world):
+    os.makedirs("conv")
+    (world / "conv" / "b.npy").write_text("not an array")
+    for flag in ([], ["--overwrite"]):
+        refused("convert", "data/b.parquet", "--out", "conv", "--no-progress", *flag)
