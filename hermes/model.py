@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ._backend import _C
 from ._io import atomic_path
 from ._validate import check_finite_array, check_metric, describe, is_torch
 
 FORMAT = "hermes-model"
 FORMAT_VERSION = 1
-MAX_LEVELS = 8
+MAX_LEVELS = int(_C.MAX_LEVELS)  # the executors' limit (csrc/core kMaxLevels), defined once in C++
 MAX_CODEWORDS = 65536
-METRICS = {"l2": 0, "cos": 1}
+METRICS = {"l2": int(_C.METRIC_L2), "cos": int(_C.METRIC_COS)}  # the executors' metric codes (csrc/core)
 
 
 def codeword_term(C, metric: str):
