@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-__all__ = ["is_uri", "open_uri", "atomic_uri", "download", "atomic_path", "publish_mode", "fsync_path", "same_file", "check_outputs", "Output",
+__all__ = ["is_uri", "open_uri", "atomic_uri", "download", "atomic_path", "user_os_error", "OutputError", "publish_mode", "fsync_path", "same_file", "check_outputs", "Output",
            "owns_hermes_safetensors", "owns_hermes_parquet", "owns_image", "owns_csv_header", "owns_json_format",
            "IMAGE_SUFFIXES"]
 
@@ -101,14 +101,36 @@ def fsync_path(path) -> None:
         os.close(fd)
 
 
-def _user_os_error(e: OSError, path: Path, tmp) -> OSError:
-    """The OSError ``e`` re-worded to name the user's ``path`` (not the temporary file beside it)."""
-    why = e.strerror or str(e)
-    if isinstance(e, IsADirectoryError) or (tmp is not None and path.is_dir()):
+class OutputError(OSError):
+    """An OS error while writing an output (errno, message, the user's path); str() is the one-line message."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # how Rust libraries (safetensors) report an OS error
+
+
+def user_os_error(e: BaseException, path, tmp=None, only_tmp: bool = False) -> OSError | None:
+    """``e`` as an OSError naming the user's ``path`` (not the temporary file beside it), or None when ``e`` is
+    no OS error (an OSError, or a library error carrying one, like safetensors' "(os error 28)"), or with
+    ``only_tmp`` when it is not about the temporary file (e.g. an input that vanished while being read)."""
+    path = Path(path)
+    if only_tmp and str(tmp) not in str(e) and getattr(e, "filename", None) != str(tmp):
+        return None
+    if isinstance(e, OSError):
+        code, why = e.errno, e.strerror or str(e).replace(str(tmp), str(path))
+        if code is None and str(path) in str(e):
+            return None  # already names the path
+    else:
+        m = _OS_ERROR_IN_TEXT.search(str(e))
+        if not m:
+            return None
+        code = int(m.group(1))
+        why = os.strerror(code)
+    if isinstance(e, IsADirectoryError) or path.is_dir():
         why = "it is a directory"
-    err = type(e)(e.errno or errno.EIO, f"could not write {path}: {why}")
-    err.filename = str(path)
-    return err
+    return OutputError(code or errno.EIO, f"could not write {path}: {why}", str(path))
 
 
 def atomic_path(path, write: Callable[[str], object]) -> None:
@@ -132,8 +154,9 @@ def atomic_path(path, write: Callable[[str], object]) -> None:
     except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and str(path) not in str(e).replace(str(tmp), ""):
-            raise _user_os_error(e, path, tmp) from None
+        err = user_os_error(e, path, tmp)
+        if err is not None:
+            raise err from None
         raise
 
 

@@ -19,6 +19,9 @@ def _writable(a) -> np.ndarray:
     return a if a.flags.writeable else a.copy()
 
 
+_NORM_MAX = float(np.sqrt(np.finfo(np.float32).max))  # ~1.84e19: a larger norm's square overflows float32
+
+
 class _Source:
     """Rows of the user's x as float32 torch tensors on ``device``, checked for NaN/Inf, read lazily."""
 
@@ -48,6 +51,34 @@ class _Source:
             row = int(rows[r]) if rows is not None else r
             raise ValueError(f"{self.fn}: x row {row} contains NaN or Inf")
         return t
+
+    def check_all(self, rows: int = 1 << 14) -> None:
+        """Reads every row of x once (block by block, in x's own dtype) and raises naming the first row that
+        holds NaN or Inf, or whose float32 norm overflows: fit uses every row (samples included), and a
+        model cannot label such a row either."""
+        torch = _torch()
+        for lo in range(0, self.N, rows):
+            xb = self.x[lo:lo + rows]
+            if self.torch_in:
+                xb = xb.double() if xb.dtype in (torch.float16, torch.bfloat16) else xb
+                fin = torch.isfinite(xb).all(dim=1).cpu().numpy()
+                peak = xb.abs().amax(dim=1).double().cpu().numpy() if xb.shape[1] else np.zeros(xb.shape[0])
+            else:
+                fin = np.isfinite(xb).all(axis=1)
+                peak = np.abs(xb).max(axis=1).astype(np.float64) if xb.shape[1] else np.zeros(xb.shape[0])
+            bad = np.flatnonzero(~fin)
+            if bad.size:
+                raise ValueError(f"{self.fn}: x row {lo + int(bad[0])} contains NaN or Inf")
+            big = np.flatnonzero(peak * np.sqrt(self.d) > _NORM_MAX / 2)  # candidates only: checked exactly below
+            for r in big:
+                v = np.asarray(self.x[lo + int(r)].double().cpu().numpy() if self.torch_in else self.x[lo + int(r)],
+                               dtype=np.float64)
+                top = float(np.abs(v).max())
+                norm = top * float(np.linalg.norm(v / top))
+                if norm >= _NORM_MAX:
+                    raise ValueError(f"{self.fn}: x row {lo + int(r)} is finite but too large for float32: its norm "
+                                     f"{norm:.3g} exceeds {_NORM_MAX:.3g}, whose square float32 cannot hold (largest "
+                                     f"|value| {top:.3g}); scale the embeddings down")
 
     def slice(self, lo: int, hi: int):
         torch = _torch()

@@ -271,6 +271,31 @@ def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overw
                    ", ".join(f"{rows:,} rows on {node[:8]}" for node, rows in sorted(rep.nodes.items())))
 
 
+# -------------------------------------------------------------------------------------- convert
+@main.command(short_help="Rewrite embedding shards as .npy (the fastest format to label).")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet inputs.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors inputs (default: the only 2-d one).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Output dtype (default: the input's; bfloat16 and float64 become float32).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Rows per batch (bounds the memory).")
+@click.option("--overwrite", is_flag=True, help="Replace existing .npy outputs (never an input).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def convert(inputs, out, column, tensor, dtype, batch_size, overwrite, progress):
+    """Rewrite embedding shards INPUT... (parquet, safetensors, .npy; files or directories) as OUT/<stem>.npy.
+
+    hermes label memory-maps .npy shards (no decoding); a parquet list column is decoded value by value, several
+    times slower than labeling. Each output appears only when complete; inputs are never replaced.
+    """
+    from .convert import convert as run
+
+    rep = run(list(inputs), out, column=column, tensor=tensor, dtype=dtype, batch_size=batch_size,
+              overwrite=overwrite, progress=progress, fn="hermes convert")
+    click.echo(f"converted {len(rep.outputs)} shard(s) ({rep.rows:,} rows, {_rate(rep.rows, rep.seconds)}) -> {out}")
+
+
 # ---------------------------------------------------------------------------------------- stats
 _METRIC_COLS = ["name", "n_buckets", "entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity"]
 _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min", "p10", "median", "mean", "p90",
@@ -512,6 +537,19 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     click.echo(f"drew {unit}{idx.size:,} documents from {drawn:,} of {cols['size'].size:,} {depth_name(depth)} "
                f"buckets (stage1={stage1}, stage2={stage2}{', with replacement' if replace else ''}) -> {out}; "
                f"plan -> {plan}")
+    l1, first = np.unique(pt.column("l1").to_numpy(), return_index=True)
+    tgt, got, ex = cols["l1_target"][first], cols["l1_drawn"][first], cols["l1_exhausted"][first]
+    w = cols["l1_weight"][first]
+    dev = float(np.abs(got - tgt).max()) if got.size else 0.0
+    line = (f"L1 buckets: {int((w > 0).sum()):,} with weight > 0; drawn vs target per L1 bucket: max |drawn - target| "
+            f"= {dev:.3g} documents")
+    if ex.any():
+        ids = ", ".join(f"{int(b)} ({int(g):,} of target {t:,.1f})" for b, g, t in zip(l1[ex][:8], got[ex][:8], tgt[ex][:8]))
+        line += (f"; {int(ex.sum()):,} exhausted (every eligible document drawn), their excess spread over the "
+                 f"others by weight: {ids}{', ...' if ex.sum() > 8 else ''}")
+    else:
+        line += "; none exhausted"
+    click.echo(line + " (per-L1 columns l1_weight, l1_eligible, l1_target, l1_drawn, l1_exhausted in the plan)")
 
 
 # ----------------------------------------------------------------------------------------- info

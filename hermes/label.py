@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path, fsync_path, is_uri, publish_mode
+from ._io import atomic_path, fsync_path, is_uri, publish_mode, user_os_error
 from ._validate import check_int
 from .model import Model, load
 from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
@@ -105,56 +105,6 @@ def _read_meta(path: Path) -> tuple[dict | None, int]:
         return (json.loads(kv[META_KEY]) if META_KEY in kv else None), md.num_rows
     except Exception:
         return None, -1
-
-
-# ----------------------------------------------------------------------------------------- CUDA
-def _cuda_codes(batches, model: Model, device, batch_size: int, d: int):
-    """Pipelined CUDA labeling: yields (row0, codes [b, L] numpy) one batch behind the input.
-
-    Two pinned host buffers and two device buffers: batch i+1 is copied host->device on a side stream
-    while the kernels label batch i on the current stream; codes come back through pinned memory. The
-    only host wait is on batch i-1's completion event, after batch i has been queued.
-    """
-    import torch
-
-    from .assign import assign_codes
-
-    dev = torch.device(device)
-    compute, copy = torch.cuda.current_stream(dev), torch.cuda.Stream(dev)
-    L, slots, pending = model.L, [], None
-    for _ in range(2):
-        slots.append(dict(
-            host=torch.empty((batch_size, d), dtype=torch.float32, pin_memory=True),
-            dev=torch.empty((batch_size, d), dtype=torch.float32, device=dev),
-            codes=torch.empty((batch_size, L), dtype=torch.int32, pin_memory=True),
-            bad=torch.empty((batch_size,), dtype=torch.bool, pin_memory=True),
-            copied=torch.cuda.Event(), done=torch.cuda.Event()))
-
-    def finish(p):
-        s, lo, n = p
-        s["done"].synchronize()
-        bad = s["bad"][:n].numpy()
-        if bad.any():
-            raise ValueError(f"x row {int(np.flatnonzero(bad)[0])} contains NaN or Inf")  # row within the batch
-        return lo, s["codes"][:n].numpy().copy()
-
-    for i, (lo, xb) in enumerate(batches):
-        s, n = slots[i % 2], xb.shape[0]
-        s["host"][:n].numpy()[...] = xb  # the slot is free: its previous batch was finished below
-        with torch.cuda.stream(copy):
-            s["dev"][:n].copy_(s["host"][:n], non_blocking=True)
-            s["copied"].record(copy)
-        with torch.cuda.stream(compute):
-            compute.wait_event(s["copied"])
-            x = s["dev"][:n]
-            s["bad"][:n].copy_(~torch.isfinite(x).all(dim=1), non_blocking=True)
-            s["codes"][:n].copy_(assign_codes(x, model, check_finite=False), non_blocking=True)
-            s["done"].record(compute)
-        if pending is not None:
-            yield finish(pending)
-        pending = (s, lo, n)
-    if pending is not None:
-        yield finish(pending)
 
 
 def _resolve_device(fn: str, device):
@@ -433,25 +383,26 @@ def _check_other_labels(fn: str, out_dir: Path, fp: str, mine: set) -> None:
 
 
 def _scan_manifest(fn: str, out_dir: Path, fp: str, entries: list) -> list:
-    """The manifest's shards: every hermes labels file in out_dir, described by its own metadata. Files listed
-    by an earlier manifest come first in its order, then other labels files found (sorted), then this run's."""
-    mine = {e["output"] for e in entries}
+    """The manifest's shards: every hermes labels file in out_dir, each described by its own metadata (so the
+    manifest says exactly what the directory holds). Files listed by an earlier manifest come first in its
+    order, then other labels files found (sorted), then this run's shards in input order."""
+    mine = [e["output"] for e in entries]
     try:
         prev = [e["output"] for e in json.loads((out_dir / MANIFEST).read_text()).get("shards", [])]
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         prev = []
     found = sorted(f.name for f in out_dir.glob("*.parquet") if not f.name.startswith("."))
-    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine]
-    old = []
+    order = [n for n in dict.fromkeys(prev + found) if n in found and n not in mine] + mine
+    out = []
     for name in order:
         meta, rows = _read_meta(out_dir / name)
         if meta is None or meta.get("format") != LABEL_FORMAT:
             continue  # not a labels file (read_labels never reads it: it follows the manifest)
         if meta.get("model", {}).get("fingerprint") != fp:
             raise ValueError(f"{fn}: {out_dir / name} was labeled by another model; the manifest cannot list it")
-        old.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
+        out.append({"source": meta.get("source"), "source_fingerprint": meta.get("source_fingerprint"),
                     "output": name, "rows": int(rows)})
-    return old + entries
+    return out
 
 
 def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: int, device: str,
@@ -460,7 +411,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .assign import assign_codes
+    from .assign import assign_codes, assign_codes_pipelined
 
     for stale in glob.glob(str(out.parent / f".{glob.escape(out.name)}.*.tmp")):
         os.unlink(stale)  # left by a killed run
@@ -475,7 +426,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
             codes_iter = ((lo, assign_codes(xb, model, batch_size=min(batch_size, 8192), progress=False))
                           for lo, xb in batches)
         else:
-            codes_iter = _cuda_codes(batches, model, device, batch_size, model.d)
+            codes_iter = assign_codes_pipelined(batches, model, device, batch_size, model.d)
         rows = 0
         while True:
             try:
@@ -502,7 +453,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
         fsync_path(tmp)
         publish_mode(tmp)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             try:
                 writer.close()
@@ -510,6 +461,9 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                 pass
         if os.path.exists(tmp):
             os.unlink(tmp)
+        err = user_os_error(e, out, tmp, only_tmp=True)
+        if err is not None:
+            raise err from None
         raise
 
 

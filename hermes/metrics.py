@@ -566,10 +566,11 @@ def _search_rows(qv, q: np.ndarray, u, ids: np.ndarray, k: int, best_v, best_i, 
 def _unit_rows_np(x: np.ndarray) -> tuple:
     """(unit rows float32 [b, d], a zero row stays zero; norms > 0 where the row is nonzero). Each row is first
     divided by its largest |value|, so a finite row whose norm overflows float32 still normalizes correctly."""
-    peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
-    u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
-    norms = np.linalg.norm(u, axis=1)
-    np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported by the callers' checks
+        peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
+        u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
+        norms = np.linalg.norm(u, axis=1)
+        np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
     return u, norms
 
 

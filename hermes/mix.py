@@ -270,10 +270,10 @@ def _mixture(fn, codes, levels, depth, stage1, stage2, quality, p) -> _Mixture:
             m.prob = w_doc / m.n1[m.l1_inv]
     if stage2 == "random":
         m.group_inv, m.group_mass, m.group_cap = m.l1_inv, m.w, m.n1
-        m.sub_group = m.sub_l1
+        m.sub_group, m.group_l1 = m.sub_l1, np.arange(m.l1_ids.size)
     else:
         m.group_inv, m.group_mass, m.group_cap = m.sub_inv, m.sub_mass, m.sub_elig
-        m.sub_group = np.arange(m.sub_ids.size)
+        m.sub_group, m.group_l1 = np.arange(m.sub_ids.size), m.sub_l1
     return m
 
 
@@ -315,26 +315,109 @@ def _waterfill(mass: np.ndarray, cap: np.ndarray, budget: float) -> np.ndarray:
     return a
 
 
-def _merge_order(group: np.ndarray, mass: np.ndarray, rng):
-    """Draw order of documents for sampling without replacement.
+def _seg_starts(seg: np.ndarray, n_seg: int) -> np.ndarray:
+    """Start offsets [n_seg + 1] of the segments of a sorted segment array."""
+    return np.r_[0, np.cumsum(np.bincount(seg, minlength=n_seg))]
 
-    group: int64 [E] group of each eligible document; mass: float64 [G] > 0 for used groups.
-    Each group's documents are put in uniform random order (rank r = 0, 1, ...); a document's
-    time is (r + phi_g) / mass_g with phi_g ~ U[0, 1) per group; documents are returned by
-    increasing time. Any prefix of this order is a uniform sample without replacement inside
-    every group, with group counts within one of water-filling ``min(lam * mass_g, size_g)``.
-    Returns (order int64 [E], time float64 [E]): ``order`` sorts the documents by (group,
-    random key) and time[i] is the time of document order[i].
+
+def _seg_waterfill(seg, mass, cap, budget) -> np.ndarray:
+    """Water-filling inside every segment: real a [G] = min(lam_s * mass_g, cap_g) with the sum of a over
+    segment s equal to budget[s] (capped at the segment's capacity); mass-0 groups get 0.
+
+    seg int64 [G] (any order), mass, cap [G], budget [S]. Groups saturate in order of cap / mass; all
+    segments at once (one sort), as :func:`_waterfill` does for one.
     """
-    e, g_count = group.size, mass.size
-    rbits = 62 - max(1, int(g_count).bit_length())
-    key = (group << rbits) | rng.integers(0, 1 << rbits, size=e, dtype=np.int64)
-    order = np.argsort(key)
-    gs = group[order]
-    sizes = np.bincount(gs, minlength=g_count)
-    rank = np.arange(e) - np.repeat(np.r_[0, np.cumsum(sizes)[:-1]], sizes)
-    phase = rng.random(g_count)
-    return order, (rank + phase[gs]) / mass[gs]
+    a = np.zeros(mass.size)
+    pos = np.flatnonzero(mass > 0)
+    if pos.size == 0:
+        return a
+    n_seg = budget.size
+    m, c, sg = mass[pos], cap[pos].astype(np.float64), seg[pos]
+    order = np.lexsort((c / m, sg))
+    m, c, sg, pos = m[order], c[order], sg[order], pos[order]
+    start = _seg_starts(sg, n_seg)
+    first = start[sg]
+    cum_c = np.cumsum(c)
+    before = cum_c - c - (cum_c[first] - c[first])       # capacity of the segment's groups saturated first
+    cum_m = np.cumsum(m[::-1])[::-1]
+    end = start[sg + 1]
+    rest = cum_m - np.r_[cum_m, 0.0][end]                 # mass of the segment's groups not yet saturated
+    reach = before + c / m * rest                         # budget at which group j saturates (sorted in j)
+    hit = reach >= budget[sg]
+    idx = np.where(hit, np.arange(pos.size), pos.size)
+    j = np.minimum.reduceat(np.r_[idx, pos.size], start[:-1])  # first saturating-at-budget group per segment
+    j = np.where(np.diff(start) > 0, j, pos.size)
+    jj = j[sg]
+    full = jj >= end                                      # the budget covers the segment's capacity
+    safe = np.minimum(jj, pos.size - 1)
+    lam = (budget[sg] - before[safe]) / rest[safe]
+    a[pos] = np.where(full, c, np.minimum(lam * m, c))
+    return a
+
+
+def _seg_round(seg, real, cap, total, key) -> np.ndarray:
+    """Integer counts int64 [G]: per segment s summing to total[s], each within one of real (largest
+    remainder, ties by key) and at most cap. Requires the real counts of a segment to sum to total[s]."""
+    base = np.minimum(np.floor(real + 1e-9), cap).astype(np.int64)
+    extra = total - np.bincount(seg, weights=base, minlength=total.size).astype(np.int64)
+    room = np.flatnonzero(base < cap)
+    if room.size and extra.max(initial=0) > 0:
+        order = room[np.lexsort((key[room], -(real[room] - base[room]), seg[room]))]
+        so = seg[order]
+        start = np.searchsorted(so, np.arange(total.size))
+        rank = np.arange(order.size) - start[so]
+        base[order[rank < extra[so]]] += 1
+    return base
+
+
+class _Exact:
+    """Sampling without replacement that keeps the Stage-1 shares, for any number of documents n.
+
+    ``take(n)``: the L1 buckets get n water-filled by their weights w_b with their eligible documents as
+    caps (so only an exhausted L1 bucket's share spills over the others, in proportion to their weights),
+    rounded to integers by largest remainder; inside each L1 bucket its count is water-filled over its
+    groups (sub-buckets; the bucket itself for "random") by their masses, so a saturated sub-bucket's
+    excess goes to its siblings, and rounded the same way; each group gives its first documents of a
+    uniform random order. Every L1 count is within one document of its target, every sub-bucket within
+    two. Documents are returned in draw order: by (k + psi_b) / w_b, k the document's position in its
+    L1 bucket's interleaved order (groups by (rank + phi_g) / mass_g), with random phases psi, phi.
+    """
+
+    def __init__(self, mix, elig, rng):
+        self.mix, self.elig = mix, elig
+        g = mix.group_inv[elig]
+        G, b1 = mix.group_mass.size, mix.l1_ids.size
+        rbits = 62 - max(1, int(G).bit_length())
+        order = np.argsort((g << rbits) | rng.integers(0, 1 << rbits, size=elig.size, dtype=np.int64))
+        sizes = np.bincount(g, minlength=G)
+        self.rank = np.empty(elig.size, np.int64)  # position of each document in its group's random order
+        self.rank[order] = np.arange(elig.size) - np.repeat(np.r_[0, np.cumsum(sizes)[:-1]], sizes)
+        self.group, self.l1 = g, mix.l1_inv[elig]
+        self.cap_g = sizes
+        self.cap_1 = np.bincount(self.l1, minlength=b1)
+        self.key_g, self.key_1 = rng.random(G), rng.random(b1)
+        local = (self.rank + rng.random(G)[g]) / mix.group_mass[g]
+        ol = np.lexsort((local, self.l1))
+        pos = np.empty(elig.size, np.int64)
+        pos[ol] = np.arange(elig.size) - np.repeat(np.r_[0, np.cumsum(self.cap_1)[:-1]], self.cap_1)
+        with np.errstate(divide="ignore"):
+            self.time = (pos + rng.random(b1)[self.l1]) / mix.w[self.l1]
+
+    def targets(self, n: float):
+        """Real targets: (per L1 bucket [B1], per group [G]) for n documents."""
+        mix = self.mix
+        t1 = _waterfill(mix.w, self.cap_1, n)
+        return t1, _seg_waterfill(mix.group_l1, mix.group_mass, self.cap_g, t1)
+
+    def take(self, n: int) -> np.ndarray:
+        """Positions (into elig) of the n documents, in draw order."""
+        mix = self.mix
+        t1 = _waterfill(mix.w, self.cap_1, n)
+        c1 = _seg_round(np.zeros(t1.size, np.int64), t1, self.cap_1, np.array([n]), self.key_1)
+        tg = _seg_waterfill(mix.group_l1, mix.group_mass, self.cap_g, c1.astype(np.float64))
+        cg = _seg_round(mix.group_l1, tg, self.cap_g, c1, self.key_g)
+        sel = np.flatnonzero(self.rank < cg[self.group])
+        return sel[np.argsort(self.time[sel], kind="stable")]
 
 
 def _check_budget(budget, by_tokens: bool, fn: str):
@@ -357,25 +440,30 @@ def sample(codes, budget, *, levels=None, depth: int = 2, stage1="uniform", stag
 
     With replacement: i.i.d. draws from P (inverse CDF). With a token budget, draws continue
     until the drawn tokens reach ``budget``: the draw that reaches it is kept, none after it.
-    Without replacement: the budget is spread over the groups in which P is uniform (the
-    sub-buckets B, or the L1 buckets for "random") in proportion to their mass, and a group
-    whose eligible documents run out gives its share to the others (water-filling, so each
-    group gets min(lam * mass_g, pool_g)). Documents are drawn uniformly without replacement
-    inside each group; the documents are interleaved by ``time = (rank in a random order of the
-    group + phi_g) / mass_g`` with a random phase phi_g per group, and the sample is the
-    shortest prefix of that order holding ``budget`` documents, or with ``tokens``, whose
-    tokens reach ``budget`` (the last document may overshoot it). Each group's count is then
-    within about one document of its share. A budget above the pool (documents, or tokens,
-    with P > 0) raises ValueError. P weighs documents in both modes: with a token budget a
-    group's token share also follows the lengths of its documents.
+    Without replacement the Stage-1 shares are kept: the n documents are water-filled over the L1
+    buckets by their weights w_b, with each bucket's eligible documents as its cap, so an L1 bucket
+    gets min(lam * w_b, pool_b) and only a bucket whose documents run out passes its excess to the
+    other L1 buckets (in proportion to their weights). Inside an L1 bucket its count is water-filled
+    over its groups (the sub-buckets B by their mass; the bucket itself for "random"), so a saturated
+    sub-bucket's excess goes first to its siblings. Counts are rounded by largest remainder: every L1
+    count is within one document of its target (of n * w_b whenever every L1 bucket can supply it),
+    every sub-bucket within two. Documents are drawn uniformly without replacement inside each group
+    and returned interleaved over the buckets (draw order by (position in the bucket + phase) / w_b).
+    With ``tokens`` the sample is the smallest such n-document sample whose tokens reach ``budget``
+    (the document that tips it over is drawn last and may overshoot it); P weighs documents, so the
+    L1 document counts keep the Stage-1 shares and the token shares follow document lengths. A budget
+    above the pool (documents, or tokens, with P > 0) raises ValueError.
 
     Returns (indices int64 [n] in draw order, plan), plan a dict of arrays [S], one entry per
     occupied sub-bucket at ``depth``: "l1" (its L1 bucket c1), "bucket" (packed id), "size",
     "eligible" (documents stage 2 may draw: those passing the quality filter, else all),
     "mass" (sum of P over it), "expected" (n * mass, the expected documents for the n drawn),
     "target" (the water-filled share of the n documents without replacement; equals expected
-    with replacement), "drawn" (documents drawn, with multiplicity), and with ``tokens`` also
-    "tokens" (tokens drawn).
+    with replacement), "drawn" (documents drawn, with multiplicity), with ``tokens`` also
+    "tokens" (tokens drawn), and the sub-bucket's L1 bucket's figures, repeated on each of its
+    rows: "l1_weight" (w_b), "l1_eligible" (its pool), "l1_target" (its water-filled share of the
+    n documents; n * w_b with replacement), "l1_drawn" and "l1_exhausted" (every eligible
+    document of the bucket drawn; never with replacement).
     """
     fn = "sample"
     seed = check_seed(fn, seed, generator_ok=True)
@@ -428,32 +516,53 @@ def _draw_replace(prob, budget, tok, rng) -> np.ndarray:
 
 
 def _draw_merge(mix, elig, budget, tok, rng) -> np.ndarray:
+    """Without replacement (see :class:`_Exact`): a document budget takes ``take(budget)``; a token budget
+    the smallest n whose ``take(n)`` holds ``budget`` tokens (bisection), with the document that tips it
+    over drawn last."""
     if budget == 0 or elig.size == 0:
         return np.zeros(0, np.int64)
-    order, time = _merge_order(mix.group_inv[elig], mix.group_mass, rng)
-    if tok is None and budget < elig.size:
-        first = np.argpartition(time, budget - 1)[:budget]
-        first = first[np.argsort(time[first], kind="stable")]
-    else:
-        first = np.argsort(time, kind="stable")
-        if tok is not None:
-            reached = np.cumsum(tok[elig[order[first]]])
-            first = first[:int(np.searchsorted(reached, budget, side="left")) + 1]
-    return elig[order[first]]
+    ex = _Exact(mix, elig, rng)
+    if tok is None:
+        return elig[ex.take(budget)]
+    t = tok[elig]
+    lo, hi = 0, elig.size  # tokens(take(lo)) < budget <= tokens(take(hi))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if t[ex.take(mid)].sum() >= budget:
+            hi = mid
+        else:
+            lo = mid
+    sel, prev = ex.take(hi), ex.take(lo)
+    new = ~np.isin(sel, prev)
+    return elig[np.concatenate([sel[~new], sel[new]])]
+
+
+def _within_l1_waterfill(mix, l1_share: np.ndarray) -> np.ndarray:
+    """Real shares [G] of the groups: each L1 bucket's share water-filled over its own groups."""
+    return _seg_waterfill(mix.group_l1, mix.group_mass, mix.group_cap, l1_share)
 
 
 def _plan(mix, idx, tok, replace) -> dict:
     s = mix.sub_ids.size
     drawn = np.bincount(mix.sub_inv[idx], minlength=s)
     expected = idx.size * mix.sub_mass
+    l1_cap = np.bincount(mix.l1_inv[mix.prob > 0], minlength=mix.l1_ids.size)
+    l1_drawn = np.bincount(mix.l1_inv[idx], minlength=mix.l1_ids.size)
     if replace:
         target = expected
-    else:  # water-filled share of each group, split over its sub-buckets by eligible documents
-        share = _waterfill(mix.group_mass, mix.group_cap, idx.size)
+        l1_target = idx.size * mix.w
+        l1_exhausted = np.zeros(mix.l1_ids.size, bool)
+    else:  # L1 shares water-filled over the L1 buckets, then over the groups inside each
+        l1_target = _waterfill(mix.w, l1_cap, idx.size)
+        share = _within_l1_waterfill(mix, l1_target)
         target = share[mix.sub_group] * mix.sub_elig / mix.group_cap[mix.sub_group]
+        l1_exhausted = (l1_drawn >= l1_cap) & (l1_cap > 0) & (mix.w > 0)
     plan = {"l1": mix.l1_ids[mix.sub_l1], "bucket": mix.sub_ids, "size": mix.sub_size,
             "eligible": mix.sub_elig, "mass": mix.sub_mass, "expected": expected,
-            "target": target, "drawn": drawn}
+            "target": target, "drawn": drawn,
+            "l1_weight": mix.w[mix.sub_l1], "l1_eligible": l1_cap[mix.sub_l1],
+            "l1_target": l1_target[mix.sub_l1], "l1_drawn": l1_drawn[mix.sub_l1],
+            "l1_exhausted": l1_exhausted[mix.sub_l1]}
     if tok is not None:
         plan["tokens"] = np.bincount(mix.sub_inv[idx], weights=tok[idx], minlength=s)
     return plan

@@ -222,12 +222,14 @@ def _list_to_matrix(fn: str, arr, where: str, row0: int, d_expected: int | None 
 class ParquetShard(Shard):
     """A parquet file's list / fixed-size-list float column, decoded on background threads.
 
-    pyarrow decodes nested list columns value by value (repetition and definition levels), so decoding,
-    not labeling, sets the pace; it releases the GIL, so the decode runs on worker threads while the
+    pyarrow decodes nested list columns value by value (repetition and definition levels), so decoding
+    often sets the pace (where the assignment is fast: AMX, GPUs); pyarrow releases the GIL, so the decode runs on worker threads while the
     consumer labels the previous batch. A file of several row groups, each at most
     ``4 * batch_size`` rows, has its row groups decoded in parallel (``pyarrow.cpu_count()`` threads, at
     most :data:`PARQUET_AHEAD_BYTES` decoded ahead); otherwise one thread streams record batches
-    ``batch_size`` rows at a time, one batch ahead (memory bounded by the batch, not the row group).
+    ``batch_size`` rows at a time, one batch ahead, through an 8 MiB read buffer (pyarrow itself still holds
+    up to about one row group of a list column while decoding it: write parquet with row groups of at most
+    ~64k rows, or convert the file with ``hermes convert``).
     """
 
     kind = "parquet"
@@ -312,7 +314,7 @@ class ParquetShard(Shard):
                     row[0] += x.shape[0]
                     return x
 
-                for x in _read_ahead(itertools.repeat(next_batch), workers=1, depth=2):
+                for x in _read_ahead(itertools.repeat(next_batch), workers=1, depth=1):
                     if x is done:
                         break
                     yield lo, x
@@ -438,8 +440,10 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
 
     seed = check_seed(fn, seed)
     if sample is None or sample >= total:
-        if len(shards) == 1 and getattr(shards[0], "x", None) is not None:  # a local .npy: its memory map
-            return shards[0].x
+        if len(shards) == 1 and shards[0].kind == "npy" and getattr(shards[0], "x", None) is not None:
+            # a local .npy: a numpy.memmap, which fit streams instead of loading (the shard's own mapping is a
+            # plain ndarray)
+            return np.load(shards[0].path, mmap_mode="r", allow_pickle=False)
         parts = [b for s in shards for _, b in s.batches(batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, d.pop() if d else 0), np.float32)
     keep = np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))

@@ -172,6 +172,7 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
             raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {v!r}")
     opts = _check_options(fn, method, method_options)
     src = _Source(fn, x, device)
+    src.check_all()  # every row, also those outside the k-means sample of method="rvq"
     if src.N < max(levels):
         raise ValueError(f"{fn}: x has {src.N} training vectors, fewer than the {max(levels)} codewords of "
                          f"levels={levels}; give more rows or smaller levels")

@@ -146,6 +146,13 @@ def test_mix_coverage_and_quality(run, world):
     assert set(shard) <= {"a.npy", "b.parquet"}
     keys = list(zip(shard, rows.tolist()))
     assert len(set(keys)) == 60  # without replacement
+    # per L1 bucket: target, drawn, exhausted, in the plan and in the output
+    l1, first = np.unique(plan["l1"], return_index=True)
+    l1_drawn = np.asarray(plan["l1_drawn"])[first]
+    np.testing.assert_array_equal(l1_drawn, [int((s.column("l1").to_numpy() == b).sum()) for b in l1])
+    assert np.all(np.abs(l1_drawn - np.asarray(plan["l1_target"])[first]) < 1 + 1e-9)
+    assert "drawn vs target per L1 bucket: max |drawn - target| = " in r.output
+    assert ("none exhausted" in r.output) == (not any(plan["l1_exhausted"]))
     codes = hermes.assign_codes(world["x"], world["model"])
     glob_idx = np.array([r if sh == "a.npy" else 120 + r for sh, r in keys])
     np.testing.assert_array_equal(s.column("l1").to_numpy(), codes[glob_idx, 0])
