@@ -18,6 +18,7 @@ from ._version import __version__
 from ._io import IMAGE_SUFFIXES, Output, check_outputs, owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, \
     owns_image
 from ._io import atomic_path as _atomic_path
+from ._io import is_uri
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 
@@ -421,6 +422,11 @@ def _plot_sizes(lab, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ mix
+def _suffix(path) -> str:
+    """The lower-case suffix of a path or URI."""
+    return os.path.splitext(str(path).partition("?")[0])[1].lower()
+
+
 def _parse_stage1(value: str):
     if value in ("uniform", "proportional"):
         return value
@@ -474,12 +480,15 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     if depth > lab.codes.shape[1]:
         raise click.BadParameter(f"the labels have {lab.codes.shape[1]} levels; depth {depth} is too deep",
                                  param_hint="--depth")
-    out = Path(out)
-    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
+    out = out if is_uri(out) else Path(out)
+    if plan is None:  # OUT with suffix .plan.parquet (a URI keeps its scheme, bucket and query)
+        base, q, query = str(out).partition("?")
+        plan = os.path.splitext(base)[0] + ".plan.parquet" + q + query
+    plan = plan if is_uri(plan) else Path(plan)
     ins = _labels_inputs(labels_paths, lab) + [("the --quality file", quality_file), ("the --tokens file", tokens_file)]
     if isinstance(stage1, str) and stage1 not in ("uniform", "proportional"):
         ins.append(("the --stage1 file", stage1))
-    owns_plan = owns_csv_header("l1,bucket") if plan.suffix.lower() == ".csv" else owns_hermes_parquet("hermes-mix-plan")
+    owns_plan = owns_csv_header("l1,bucket") if _suffix(plan) == ".csv" else owns_hermes_parquet("hermes-mix-plan")
     check_outputs("hermes mix", [Output("--out", out, owns_hermes_parquet("hermes-mix"), kind="a hermes mix sample"),
                                  Output("--plan", plan, owns_plan, kind="a hermes mix plan")], ins)
     quality = _per_row(lab, quality_file, quality_col, "quality")
@@ -515,7 +524,7 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     prefix = unpack(cols["bucket"], depth, lab.levels)
     pt = pa.table({"l1": cols.pop("l1"), "bucket": cols.pop("bucket"),
                    **{f"c{i + 1}": prefix[:, i] for i in range(depth)}, **cols})
-    if plan.suffix.lower() == ".csv":
+    if _suffix(plan) == ".csv":
         import pyarrow.csv as pcsv
 
         _atomic_path(plan, lambda tmp: pcsv.write_csv(pt, tmp))

@@ -115,6 +115,8 @@ _FAULT_ENV = "HERMES_RAY_FAULT_KILL_ONCE"  # fault injection for the tests: a fi
 
 def _read_rows(s, lo: int, hi: int) -> np.ndarray:
     """Rows [lo, hi) of an opened shard (hermes.readers), float [hi - lo, d], reading only what they need."""
+    if hasattr(s, "rows"):  # shards on object storage: one ranged read
+        return s.rows(lo, hi)
     if s.kind == "npy":
         return s.x[lo:hi]
     if s.kind == "safetensors":
