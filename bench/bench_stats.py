@@ -62,7 +62,7 @@ def main():
         print(f"generated {emb} in {time.perf_counter() - t:.0f} s")
     model = root / f"rvq_{a.d}.safetensors"
     if not model.exists():
-        subprocess.run(_hermes("fit", emb, "--out", model, "--method", "rvq", "--sample", "20000", "--no-progress"),
+        subprocess.run(_hermes("fit", emb, "--out", model, "--method", "residual_kmeans", "--sample", "20000", "--no-progress"),
                        check=True, env=_env())
     labels = root / "labels"
     if not (labels / "manifest.json").exists():
