@@ -153,7 +153,9 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
             model as an uninterrupted one (bit for bit on the CPU).
         **method_options: ``"hermes"``: ``struct_pairs`` (2048 random pairs per minibatch for L_struct),
             ``ortho_weight`` (0.1), ``commitment`` (beta = 0.25, stop-gradient on the codeword),
-            ``ema_decay`` (0.99; the paper does not give it), ``ema_eps`` (1e-5 Laplace smoothing of
+            ``ema_decay`` (0.99; the paper does not give it, vector-quantize-pytorch defaults
+            to 0.8: on the bundled data, fit on 16,000 rows and scored on the 4,000 others, 0.99 gave
+            L1 exp(H) 209.3, cos to centroid 0.6199, 3-stage error 0.527; 0.8 gave 154.9, 0.6063, 0.589), ``ema_eps`` (1e-5 Laplace smoothing of
             the EMA counts), ``dead_code_threshold`` (2: EMA cluster size, checked every step; 0 turns
             the reset off), ``kmeans_iters`` (10),
             ``max_points_per_centroid`` (256: the k-means init runs on at most 256 * max(levels)
