@@ -181,6 +181,39 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
     if resume and not checkpoint_dir:
         raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
     _check_fit_outputs(list(inputs), out, checkpoint_dir)
+    dist, rank, created, device = _torchrun_init(device)
+    try:
+        _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+             column, tensor, progress, train, rank)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _torchrun_init(device):
+    """Under torchrun (WORLD_SIZE > 1 in the environment, no process group yet): initializes the process group
+    from torchrun's environment, NCCL on CUDA (this rank's LOCAL_RANK device) else gloo. Returns
+    (torch.distributed or None, rank, whether this call created the group, the device to train on)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, 0, False, device
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist, dist.get_rank(), False, device
+    cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist, dist.get_rank(), True, device
+
+
+def _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+         column, tensor, progress, train, rank):
+    from .readers import read_embeddings
+
     t0 = time.perf_counter()
     x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
@@ -191,6 +224,8 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
         kw["resume"] = True
     model = train.fit(x, levels, **kw)
     t2 = time.perf_counter()
+    if rank:  # under torchrun only rank 0 writes (the model; fit writes checkpoints on rank 0 only)
+        return
     model.save(out)
     click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
