@@ -5,7 +5,7 @@ method, the machine's sgemm GFLOP/s measured in the same run, hermes's share of 
 (d * sum(K) * 2 flops per vector), and the ratios the targets are stated in. Correctness is checked first.
 
     python bench/bench_assign.py                   # CPU, N = 100,000
-    python bench/bench_assign.py --device cuda     # adds hermes CUDA vs torch CUDA (N = 1M and 10M)
+    python bench/bench_assign.py --device cuda     # hermes CUDA vs torch CUDA (N = 1M and 10M, fp32/fp16/bf16 input)
 """
 from __future__ import annotations
 
@@ -131,73 +131,126 @@ def bench_cpu(args):
     t_tn = timeit(lambda: torch_naive(xt, Wt, bt, cbs_t, "l2"), repeats=r)
     v = lambda t: N / t  # noqa: E731
     auto = "bf16 screen + exact fp32 rescoring" if screen else "fp32 GEMM"
+    gf16 = sgemm_gflops(dtype=torch.bfloat16)
+    roof16 = gf16 * 1e9 / (2.0 * d * sum(levels))
+    info = hermes.build_info()
+    isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in _cpu_flags()]
+    print(f"CPU: {_cpu_name()}; ISA flags: {', '.join(isa) or 'none of amx_bf16/avx512_bf16/avx512f/avx2'}; "
+          f"hermes screen SIMD: {info['cpu_screen_simd']}; auto runs: {auto}; threads: {info['cpu_threads']}")
+    share = lambda t: f"{v(t) / roof:.1%}"  # noqa: E731
+    share16 = lambda t: f"{v(t) / roof16:.1%}"  # noqa: E731
     rows = [
-        [f"hermes assign_codes (l2, with rotation; auto = {auto})", f"{v(t_h):,.0f}", f"{v(t_h) / roof:.1%}"],
-        ["hermes assign_codes (l2, with rotation; precision='fp32')", f"{v(t_h32):,.0f}", f"{v(t_h32) / roof:.1%}"],
-        ["hermes assign_codes (cos, with rotation)", f"{v(t_hc):,.0f}", f"{v(t_hc) / roof:.1%}"],
-        ["hermes assign_codes (float16 input)", f"{v(t_h16):,.0f}", f"{v(t_h16) / roof:.1%}"],
-        ["faiss ResidualQuantizer.compute_codes (beam 1, no rotation)", f"{v(t_rq):,.0f}", f"{v(t_rq) / roof:.1%}"],
-        ["faiss IndexFlatL2 x 3 stages (no rotation)", f"{v(t_fl):,.0f}", f"{v(t_fl) / roof:.1%}"],
-        ["torch naive (rotation + 3 x matmul/argmax)", f"{v(t_tn):,.0f}", f"{v(t_tn) / roof:.1%}"],
+        [f"hermes assign_codes (l2, with rotation; auto = {auto})", f"{v(t_h):,.0f}", share(t_h), share16(t_h)],
+        ["hermes assign_codes (l2, with rotation; precision='fp32')", f"{v(t_h32):,.0f}", share(t_h32), share16(t_h32)],
+        ["hermes assign_codes (cos, with rotation)", f"{v(t_hc):,.0f}", share(t_hc), share16(t_hc)],
+        ["hermes assign_codes (float16 input)", f"{v(t_h16):,.0f}", share(t_h16), share16(t_h16)],
+        ["faiss ResidualQuantizer.compute_codes (beam 1, no rotation)", f"{v(t_rq):,.0f}", share(t_rq), share16(t_rq)],
+        ["faiss IndexFlatL2 x 3 stages (no rotation)", f"{v(t_fl):,.0f}", share(t_fl), share16(t_fl)],
+        ["torch naive (rotation + 3 x matmul/argmax)", f"{v(t_tn):,.0f}", share(t_tn), share16(t_tn)],
     ]
     print(f"sgemm: {gf:,.0f} GFLOP/s -> folded fp32 roofline {roof:,.0f} vectors/s ({2 * d * sum(levels) / 1e6:.2f} "
-          f"MFLOP/vector); bf16 GEMM: {sgemm_gflops(dtype=torch.bfloat16):,.0f} GFLOP/s")
-    print_table(rows, ["method", "vectors/s", "of fp32 roofline"])
+          f"MFLOP/vector); bf16 GEMM: {gf16:,.0f} GFLOP/s -> bf16 roofline {roof16:,.0f} vectors/s")
+    print_table(rows, ["method", "vectors/s", "of fp32 roofline", "of bf16 roofline"])
     print()
     print_table([
         ["hermes / faiss compute_codes", f"{t_rq / t_h:.2f}x", ">= 4x"],
         ["hermes / faiss IndexFlatL2 stages", f"{t_fl / t_h:.2f}x", ""],
         ["hermes / torch naive", f"{t_tn / t_h:.2f}x", ">= 2.5x"],
         ["hermes share of folded fp32 roofline", f"{v(t_h) / roof:.1%}", ">= 60%"],
+        ["hermes share of bf16 GEMM roofline", f"{v(t_h) / roof16:.1%}", ">= 50% with AMX"],
         ["hermes fp32 / faiss compute_codes", f"{t_rq / t_h32:.2f}x", ""],
         ["hermes fp32 share of folded roofline", f"{v(t_h32) / roof:.1%}", ""],
     ], ["ratio", "measured", "target"])
 
 
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return set()
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def bench_cuda(args):
+    """hermes CUDA (auto = the tensor-core screen; fp32 = the SIMT kernels) against torch CUDA naive (fp32 with TF32
+    off and on, and bf16), at each N in --cuda-n, for fp32, fp16 and bf16 inputs, with the cuBLAS bf16 GEMM rate
+    measured in the same run as the roofline (d * sum(K) * 2 flops per vector)."""
     dev = "cuda"
     d, levels = args.d, (256, 256, 256)
-    print(f"# CUDA: {torch.cuda.get_device_name()} d={d} levels={levels}")
+    cols = sum(levels)
+    print(f"# CUDA: {torch.cuda.get_device_name()} d={d} levels={levels}; torch {torch.__version__}")
     xs = torch.from_numpy(clustered_unit_vectors(50000, d, seed=1))
     model = make_model(d, levels, xs.numpy(), metric="l2", codebooks=args.codebooks)
     Wt = torch.from_numpy(model.W).to(dev)
     bt = torch.zeros(d, device=dev)
     cbs_t = [torch.from_numpy(c).to(dev) for c in model.codebooks]
-    # Correctness first.
+    # Correctness first: the screen against the float64 reference and the CPU executor, and the fp32 kernels.
     xc = xs[:4096].to(dev)
     ref = hermes.reference.assign(xs[:4096].numpy(), model.codebooks, model.W, None, "l2", True)
-    got = hermes.assign_codes(xc, model).cpu().numpy()
-    cpu = hermes.assign_codes(xs[:4096].numpy(), model)
-    print(f"agreement on 4096 rows: CUDA vs reference {np.mean((got == ref).all(1)):.4f}, CUDA vs CPU {np.mean((got == cpu).all(1)):.4f}")
+    cpu = hermes.assign_codes(xs[:4096].numpy(), model, precision="fp32")
+    for precision in ("auto", "fp32"):
+        got = hermes.assign_codes(xc, model, precision=precision).cpu().numpy()
+        print(f"agreement on 4096 rows, precision={precision}: CUDA vs float64 reference "
+              f"{np.mean((got == ref).all(1)):.4f}, CUDA vs CPU fp32 {np.mean((got == cpu).all(1)):.4f}")
     sync = torch.cuda.synchronize
+    torch.backends.cuda.matmul.allow_tf32 = False
     gf = sgemm_gflops(dev)
     torch.backends.cuda.matmul.allow_tf32 = True
     gf_tf32 = sgemm_gflops(dev)
     torch.backends.cuda.matmul.allow_tf32 = False
-    roof = gf * 1e9 / (2.0 * d * sum(levels))
-    print(f"cuBLAS sgemm {gf:,.0f} GFLOP/s (TF32: {gf_tf32:,.0f}) -> fp32 folded roofline {roof:,.0f} vectors/s")
+    old = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False  # as the screen runs it
+    gf_bf16 = sgemm_gflops(dev, n=1 << 16, d=d, k=cols, dtype=torch.bfloat16)
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = old
+    per_vec = 2.0 * d * cols
+    roof, roof16 = gf * 1e9 / per_vec, gf_bf16 * 1e9 / per_vec
+    print(f"cuBLAS sgemm {gf:,.0f} GFLOP/s (TF32: {gf_tf32:,.0f}) -> fp32 roofline {roof:,.0f} vectors/s; "
+          f"cuBLAS bf16 GEMM {gf_bf16:,.0f} GFLOP/s -> bf16 roofline {roof16:,.0f} vectors/s")
+    cbs16 = [c.bfloat16() for c in cbs_t]
     rows = []
     for N in args.cuda_n:
         g = torch.Generator(device=dev).manual_seed(0)
         x = torch.nn.functional.normalize(torch.randn(N, d, device=dev, generator=g), dim=1)
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
             xx = x.to(dtype)
-            t_h = timeit(lambda: hermes.assign_codes(xx, model, check_finite=False), repeats=args.repeats, sync=sync)
-            t_hc = timeit(lambda: hermes.assign_codes(xx, model), repeats=args.repeats, sync=sync)
-            res = []
+            t_auto = timeit(lambda: hermes.assign_codes(xx, model, check_finite=False), repeats=args.repeats, sync=sync)
+            t_fp32 = timeit(lambda: hermes.assign_codes(xx, model, precision="fp32", check_finite=False),
+                            repeats=args.repeats, sync=sync)
+            chunk = 1 << 20
+            naive = []
             for tf32 in (False, True):
                 torch.backends.cuda.matmul.allow_tf32 = tf32
-                chunk = 1 << 20
                 fn = lambda: [torch_naive(xx[i:i + chunk].float(), Wt, bt, cbs_t, "l2") for i in range(0, N, chunk)]  # noqa: E731
-                res.append(timeit(fn, repeats=args.repeats, sync=sync))
+                naive.append(timeit(fn, repeats=args.repeats, sync=sync))
             torch.backends.cuda.matmul.allow_tf32 = False
-            rows.append([f"{N:,}", str(dtype).split(".")[1], f"{N / t_h:,.0f}", f"{N / t_hc:,.0f}", f"{N / res[0]:,.0f}",
-                         f"{N / res[1]:,.0f}", f"{res[0] / t_h:.2f}x", f"{res[1] / t_h:.2f}x", f"{N / t_h / roof:.1%}"])
+            fn16 = lambda: [torch_naive(xx[i:i + chunk].bfloat16(), Wt.bfloat16(), bt.bfloat16(), cbs16, "l2")  # noqa: E731
+                            for i in range(0, N, chunk)]
+            t_n16 = timeit(fn16, repeats=args.repeats, sync=sync)
+            v = lambda t: N / t  # noqa: E731
+            rows.append([f"{N:,}", str(dtype).split(".")[1], f"{v(t_auto):,.0f}", f"{v(t_fp32):,.0f}",
+                         f"{v(naive[0]):,.0f}", f"{v(naive[1]):,.0f}", f"{v(t_n16):,.0f}",
+                         f"{naive[0] / t_auto:.2f}x", f"{naive[1] / t_auto:.2f}x", f"{t_n16 / t_auto:.2f}x",
+                         f"{v(t_auto) / roof16:.1%}", f"{v(t_fp32) / roof:.1%}"])
             del xx
         del x
         torch.cuda.empty_cache()
-    print_table(rows, ["N", "input", "hermes vec/s", "hermes+finite check", "torch naive fp32", "torch naive TF32",
-                       "vs naive fp32", "vs naive TF32", "of fp32 roofline"])
+    print_table(rows, ["N", "input", "hermes auto vec/s", "hermes fp32 vec/s", "torch naive fp32", "torch naive TF32",
+                       "torch naive bf16", "auto vs naive fp32", "auto vs naive TF32", "auto vs naive bf16",
+                       "auto of bf16 roofline", "fp32 of fp32 roofline"])
+    print("targets (H100/H200, bf16 input): >= 150M vectors/s, >= 50% of the bf16 roofline, >= 3x torch naive")
 
 
 def main():
@@ -214,7 +267,7 @@ def main():
           f"archs={hermes.build_info()['cuda_architectures']}")
     if args.device == "cuda":
         if not hermes.cuda_available():
-            sys.exit(f"--device cuda: {hermes.build_info()['cuda_unavailable_reason']}")
+            sys.exit(f"bench_assign.py --device cuda: no CUDA path here: {hermes.build_info()['cuda_unavailable_reason']}")
         bench_cuda(args)
     else:
         bench_cpu(args)

@@ -9,10 +9,11 @@ from .model import Model, load
 from .assign import assign_codes, decode, quantization_error, transform
 from . import buckets, metrics, mix
 from .label import label, read_labels
+from .convert import convert
 from .train import fit, kmeans
 
 __all__ = [
     "__version__", "Model", "load", "assign_codes", "transform", "decode", "quantization_error",
     "build_info", "cuda_available", "buckets", "metrics", "mix",
-    "label", "read_labels", "fit", "kmeans",
+    "label", "read_labels", "convert", "fit", "kmeans",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._sources import _Mem, _Residuals, _Source, _rng, _torch
 from ._validate import check_int, check_metric, describe, is_torch
-from .model import MAX_CODEWORDS, METRICS, Model, codeword_term
+from .model import MAX_CODEWORDS, Model, codeword_term
 
 _KMEANS_BATCH = 16384
 _WARMUP_STRIDE = 2  # warm-up iterations read every other row: a partition by direction needs fewer
@@ -19,9 +19,9 @@ _MEM_BATCH = 65536  # rows per GEMM when the rvq sample is in memory ([B, K] flo
 class _Assigner:
     """Nearest-centroid codes against fixed centroids C [K, d], built once per Lloyd iteration.
 
-    CPU: one torch GEMM per batch (scores x C^T) and hermes's argmin epilogue (``argmin_level_cpu``, the
-    kernel behind :func:`hermes.assign_codes`), with the centroid norms computed once, not per batch.
-    Other devices: :func:`hermes.assign_codes` on a 1-level model (its GEMM + fused argmin kernel).
+    CPU: one torch GEMM per batch (scores x C^T) and hermes's argmax epilogue (``_C.argmax_levels``, the
+    epilogue behind :func:`hermes.assign_codes`), with the centroid norms computed once, not per batch.
+    Other devices: :func:`hermes.assign_codes` on a 1-level model (its GEMM + fused argmax kernels).
     """
 
     def __init__(self, C, metric: str):
@@ -34,6 +34,8 @@ class _Assigner:
             self.cterm = np.ascontiguousarray(codeword_term(C.double(), metric).numpy(), dtype=np.float32)
             self.Ct = C.T.contiguous()
             self.nt = max(1, torch.get_num_threads())
+            self.tables = _C.Tables([self.K], _C.METRIC_L2 if metric == "l2" else _C.METRIC_COS, False, 0.0,
+                                    m=self.Ct, cterm=self.cterm)
         else:
             self.model = Model([C.detach().cpu().numpy()], metric=metric, normalize=False)
 
@@ -44,10 +46,9 @@ class _Assigner:
         torch = _torch()
         if xb.device.type != "cpu":
             return assign_codes(xb.contiguous(), self.model)[:, 0].long()
-        g = torch.mm(xb, self.Ct).numpy()
+        g = torch.mm(xb, self.Ct)
         codes = np.empty((g.shape[0], 1), dtype=np.int32)
-        self._C.argmin_level_cpu(g, 0, self.K, 0, METRICS[self.metric], None, self.cterm, [], None, codes,
-                                 self.nt)
+        self._C.argmax_levels(g, xb, self.tables, None, codes, nthreads=self.nt)
         return torch.from_numpy(codes[:, 0].astype(np.int64))
 
 
@@ -179,7 +180,7 @@ def _check_init(fn, init, k, d):
 
 def kmeans(x, k: int, *, metric: str = "cos", iters: int = 10, init="k-means++", seed: int = 0,
            device=None, batch_size: int = _KMEANS_BATCH, init_size: int | None = None, progress: bool = False):
-    """Lloyd's k-means whose assignment step runs on hermes's kernels (one GEMM + the argmin epilogue of
+    """Lloyd's k-means whose assignment step runs on hermes's kernels (one GEMM + the argmax epilogue of
     :func:`hermes.assign_codes` per batch on the CPU; ``assign_codes`` on a 1-level model elsewhere).
 
     Args:

@@ -17,7 +17,6 @@ from .model import METRICS, Model
 
 CPU_BATCH = 16384
 CUDA_BATCH = 1 << 16
-_DTYPE_CODE = {"torch.float32": 0, "torch.float16": 1, "torch.bfloat16": 2}
 
 
 def _check_model(fn: str, model) -> Model:
@@ -106,26 +105,52 @@ def _raise_bad_row(fn: str, row: int, x=None):
     raise ValueError(f"{fn}: x row {row} contains NaN or Inf")
 
 
-# ------------------------------------------------------------------------------------------ CPU
+# ------------------------------------------------------------------------------------ executor tables
 PRECISIONS = ("auto", "fp32", "bf16")
-_SCREEN_GIVE_UP = 32  # rescored codewords per row and level above which the fp32 GEMM is cheaper
-_bf16_probe = None
+_SCREEN_GIVE_UP = 32  # rescored codewords per row and level above which the fp32 search is cheaper
+_bf16_probe: dict = {}
 
 
-def _bf16_gemm_accumulates_fp32() -> bool:
-    """Probes torch's CPU bf16 GEMM once for the error bound the screen relies on (fp32 accumulation)."""
-    global _bf16_probe
-    if _bf16_probe is None:
+def _bf16_gemm_accumulates_fp32(device: str = "cpu") -> bool:
+    """Probes torch's bf16 GEMM on `device` once for the error bound the screen relies on (fp32 accumulation).
+
+    On CUDA the probe runs as the screen's GEMM runs: with reduced-precision bf16 reductions off.
+    """
+    if device not in _bf16_probe:
         import torch
 
         g = torch.Generator().manual_seed(0)
-        a, b = torch.randn(64, 1024, generator=g), torch.randn(1024, 64, generator=g)
+        a, b = torch.randn(64, 4096, generator=g), torch.randn(4096, 64, generator=g)
         exact = a.double() @ b.double()
-        approx = (a.bfloat16() @ b.bfloat16()).double()
-        bound = 2.0 ** -8 * approx.abs() + (2.0 ** -7 + 2.0 ** -15 + 1024 * 2.0 ** -24) * (
+        with _exact_bf16_reduction(device):
+            approx = (a.bfloat16().to(device) @ b.bfloat16().to(device)).double().cpu()
+        bound = 2.0 ** -8 * approx.abs() + (2.0 ** -7 + 2.0 ** -15 + 4096 * 2.0 ** -24) * (
             a.double().abs() @ b.double().abs())
-        _bf16_probe = bool(((approx - exact).abs() <= bound).all())
-    return _bf16_probe
+        _bf16_probe[device] = bool(((approx - exact).abs() <= bound).all())
+    return _bf16_probe[device]
+
+
+class _exact_bf16_reduction:
+    """Turns torch's reduced-precision bf16 reductions in cuBLAS off for the block and restores the setting
+    (the screen's error bound assumes fp32 accumulation throughout the GEMM)."""
+
+    def __init__(self, device):
+        self.cuda = str(device).startswith("cuda")
+
+    def __enter__(self):
+        if self.cuda:
+            import torch
+
+            self.old = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            import torch
+
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = self.old
+        return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,7 +173,7 @@ def _duplicate_rows(C: np.ndarray) -> np.ndarray:
 
 
 def _screen_tables(model: Model, t):
-    """bf16 GEMM operand, M^T and the column norms (rounded up) for the screened CPU search, built once."""
+    """The screen's operands on the host, built once: bf16(M), M^T, the column norms (rounded up), the shadow mask."""
     import torch
 
     if "M16" not in t.extra:
@@ -156,16 +181,52 @@ def _screen_tables(model: Model, t):
         M16 = torch.from_numpy(t.M).to(torch.bfloat16)
         m16 = M16.double().numpy()
         dM = t.M.astype(np.float64) - m16  # exact: the bf16 rounding remainder of every entry
-        t.extra["M16"] = M16
-        t.extra["Mt"] = np.ascontiguousarray(t.M.T)
-        t.extra["m16_norm"] = up(np.sqrt((m16 * m16).sum(0)))
-        t.extra["dm_norm"] = up(np.sqrt((dM * dM).sum(0)))
-        t.extra["betas"] = [t.beta[t.offsets[l]:t.offsets[l + 1]] for l in range(model.L)]
-        t.extra["shadowed"] = [_duplicate_rows(np.asarray(C)) for C in model.codebooks]
+        shadow = np.zeros(t.M.shape[1], dtype=np.uint8)
+        for l, C in enumerate(model.codebooks):
+            shadow[t.offsets[l] + _duplicate_rows(np.asarray(C))] = 1
+        t.extra.update(M16=M16, Mt=np.ascontiguousarray(t.M.T), m16_norm=up(np.sqrt((m16 * m16).sum(0))),
+                       dm_norm=up(np.sqrt((dM * dM).sum(0))), shadow=shadow)
     return t.extra
 
 
+def _exec_tables(model: Model, device, screen: bool):
+    """(hermes._C.Tables of the model's search on `device`, bf16(M) for the screen's GEMM or None), cached per
+    device. Folded: M = W^T C^T with beta, the cross tables T and W^T b; explicit: M = C^T and the codewords."""
+    import torch
+
+    host = model._host_tables()
+    key = f"exec:{device}:{'screen' if screen else 'fp32'}"
+    if key in host.extra:
+        return host.extra[key]
+    cuda = str(device).startswith("cuda")
+    t = model._device_tables(torch.device(device)) if cuda else host
+    up = (lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)) if cuda else np.ascontiguousarray  # noqa: E731
+    metric = _C.METRIC_L2 if model.metric == "l2" else _C.METRIC_COS
+    cterm = up(np.concatenate(host.cterm))
+    if host.folded:
+        kw = dict(m=t.M, beta=t.beta, T=t.T, wtb=t.wtb)
+        M16 = None
+        if screen:
+            st = _screen_tables(model, host)
+            M16 = st["M16"].to(device) if cuda else st["M16"]
+            kw.update(mt=up(st["Mt"]), m16_norm=up(st["m16_norm"]), dm_norm=up(st["dm_norm"]), shadow=up(st["shadow"]))
+    else:
+        kw = dict(m=t.Ct, c=up(np.concatenate(host.C)))
+        M16 = None
+    tab = _C.Tables(list(model.levels), metric, model.normalize, float(np.float32(host.bb)), cterm=cterm, **kw)
+    host.extra[key] = (tab, M16)
+    return host.extra[key]
+
+
+def _first_bad(inv_s) -> int:
+    """Index of the first NaN in inv_s (a row with NaN/Inf), or -1."""
+    bad = np.flatnonzero(np.isnan(inv_s))
+    return int(bad[0]) if bad.size else -1
+
+
+# ------------------------------------------------------------------------------------------ CPU
 def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
+    """Per batch a fixed number of calls, none per level: norms (+ split), torch's GEMM, one epilogue call."""
     import torch
 
     t = model._host_tables()
@@ -173,68 +234,63 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
         raise RuntimeError(f"{fn}: precision='bf16' needs torch's CPU bf16 GEMM to accumulate in fp32, and a probe "
                            "says this torch/CPU does not; use precision='fp32' or 'auto'")
     screen = t.folded and (precision == "bf16" or (precision == "auto" and _cpu_has_fast_bf16()))
-    st = _screen_tables(model, t) if screen else None
+    tab, M16 = _exec_tables(model, "cpu", screen)
     get, N = _cpu_source(fn, x)
-    L, metric, nt = model.L, METRICS[model.metric], _nthreads()
+    L, nt, d = model.L, _nthreads(), model.d
     codes = np.zeros((N, L), dtype=np.int32)
-    M = torch.from_numpy(t.M)
     B = min(batch_size, max(N, 1))
     # Scratch reused across batches (fresh pages per batch cost page faults comparable to the epilogue).
     inv_buf = np.empty(B, dtype=np.float32)
-    x16_buf = np.empty((B, model.d), dtype=np.int16) if screen else None
+    x16_buf = np.empty((B, d), dtype=np.int16) if screen else None
     xn_buf, dxn_buf = (np.empty(B, dtype=np.float32), np.empty(B, dtype=np.float32)) if screen else (None, None)
-    g16_buf = torch.empty((B, M.shape[1]), dtype=torch.bfloat16) if screen else None
+    g16_buf = torch.empty((B, tab.cols), dtype=torch.bfloat16) if screen else None
+    rescored = np.zeros(1, dtype=np.int64)
+    M = torch.from_numpy(t.M) if t.folded else None
+    Ct = [torch.from_numpy(np.ascontiguousarray(t.Ct[:, t.offsets[l]:t.offsets[l + 1]])) for l in range(L)] \
+        if not t.folded else None
     with _progress(N, progress, "assign_codes") as bar:
         for lo in range(0, N, batch_size):
             hi = min(N, lo + batch_size)
-            xb = get(lo, hi)
-            cb = codes[lo:hi]
-            if t.folded:
-                inv_s = inv_buf[:hi - lo]
-                if screen:
-                    x16 = x16_buf[:hi - lo]
-                    xn, dxn = xn_buf[:hi - lo], dxn_buf[:hi - lo]
-                    bad = _C.row_norms_bf16_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, x16, xn, dxn, nt)
-                else:
-                    bad = _C.row_norms_cpu(xb, t.wtb, t.bb, model.normalize, inv_s, nt)
-                if bad >= 0:
-                    _raise_bad_row(fn, lo + bad, x)
-                if screen:
-                    g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), st["M16"], out=g16_buf[:hi - lo])
-                    rescored = _C.assign_screened_cpu(
-                        g16.view(torch.int16).numpy(), xb, st["Mt"], st["m16_norm"], st["dm_norm"], t.offsets[:-1],
-                        list(model.levels), metric, st["betas"], t.cterm, t.T, inv_s, xn, dxn, cb, st["shadowed"], nt)
-                    if precision == "auto" and rescored > _SCREEN_GIVE_UP * (hi - lo) * L:
-                        screen = False  # scores too close for the bf16 screen on this data: fp32 from now on
-                else:
-                    g = torch.mm(_tensor(xb), M).numpy()
-                    for l, K in enumerate(model.levels):
-                        o = t.offsets[l]
-                        _C.argmin_level_cpu(g, o, K, l, metric, t.beta[o:o + K], t.cterm[l], t.T[l], inv_s, cb, nt)
+            xb, cb, inv_s = get(lo, hi), codes[lo:hi], inv_buf[:hi - lo]
+            if t.folded and screen:
+                x16, xn, dxn = x16_buf[:hi - lo], xn_buf[:hi - lo], dxn_buf[:hi - lo]
+                _C.norms_split(xb, tab, inv_s, x16, xn, dxn, nthreads=nt)
+                _check_bad(fn, inv_s, lo, x)
+                g16 = torch.mm(torch.from_numpy(x16).view(torch.bfloat16), M16, out=g16_buf[:hi - lo])
+                rescored[0] = 0
+                _C.screen_rescore(g16, xb, tab, inv_s, xn, dxn, cb, rescored, nthreads=nt)
+                if precision == "auto" and rescored[0] > _SCREEN_GIVE_UP * (hi - lo) * L:
+                    screen = False  # scores too close for the bf16 screen on this data: fp32 from now on
+                    tab, _ = _exec_tables(model, "cpu", False)
+            elif t.folded:
+                _C.norms_split(xb, tab, inv_s, nthreads=nt)
+                _check_bad(fn, inv_s, lo, x)
+                _C.argmax_levels(torch.mm(_tensor(xb), M), xb, tab, inv_s, cb, nthreads=nt)
             else:
-                r = _rotate_cpu(fn, xb, model, t, nt, lo, x)
+                r = _rotate_cpu(fn, xb, model, t, nt, lo, x, inv_s)
                 rt = torch.from_numpy(r)
-                for l, K in enumerate(model.levels):
-                    o = t.offsets[l]
-                    g = torch.mm(rt, torch.from_numpy(t.Ct[:, o:o + K])).numpy()
-                    _C.argmin_level_cpu(g, 0, K, l, metric, None, t.cterm[l], [], None, cb, nt)
-                    if l + 1 < L:
-                        _C.subtract_codeword_cpu(r, t.C[l], cb, l, nt)
+                _C.argmax_residual_levels(r, tab, lambda l: torch.mm(rt, Ct[l]), cb, nthreads=nt)
             bar.update(hi - lo)
     return codes
 
 
-def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int, x=None) -> np.ndarray:
-    """h = normalize(x W^T + b) for one float32 batch [B, d] (a new array)."""
+def _check_bad(fn, inv_s, row0: int, x=None):
+    bad = _first_bad(inv_s)
+    if bad >= 0:
+        _raise_bad_row(fn, row0 + bad, x)
+
+
+def _rotate_cpu(fn, xb: np.ndarray, model: Model, t, nt: int, row0: int, x=None, inv_s=None) -> np.ndarray:
+    """h = normalize(x W^T + b) for one float32 batch [B, d] (a new array): torch's GEMM, then normalize_rows."""
     import torch
 
     if model.W is None:
         h = xb + t.bias if model.b is not None else xb.copy()
     else:
         h = torch.addmm(torch.from_numpy(t.bias), _tensor(xb), torch.from_numpy(t.wt)).numpy()
-    bad = _C.normalize_rows_cpu(h, model.normalize, nt)
-    if bad >= 0:
-        _raise_bad_row(fn, row0 + bad, x)
+    inv_s = np.empty(len(h), dtype=np.float32) if inv_s is None else inv_s
+    _C.normalize_rows(h, model.normalize, inv_s, nthreads=nt)
+    _check_bad(fn, inv_s, row0, x)
     return h
 
 
@@ -249,7 +305,7 @@ def _cuda_ready(fn: str, x):
         x = x.float()
     if x.stride(1) != 1 or x.stride(0) < x.shape[1]:
         x = x.contiguous()  # the kernels read rows with a stride; columns must be dense
-    return x, _DTYPE_CODE[str(x.dtype)], torch.cuda.current_stream(x.device).cuda_stream
+    return x, torch.cuda.current_stream(x.device).cuda_stream
 
 
 def _check_finite_cuda(fn: str, inv_s, row0: int = 0, x=None):
@@ -260,49 +316,134 @@ def _check_finite_cuda(fn: str, inv_s, row0: int = 0, x=None):
         _raise_bad_row(fn, row0 + int(torch.nonzero(bad)[0, 0]), x)
 
 
-def _rotate_cuda(x, dtype_code, n, ldx, model, t, stream, h, inv_s):
-    d = model.d
-    _C.affine_cuda(x.data_ptr(), dtype_code, n, d, ldx, t.wt.data_ptr(), t.bias.data_ptr(), h.data_ptr(), stream)
-    _C.normalize_rows_cuda(h.data_ptr(), n, d, d, model.normalize, inv_s.data_ptr(), stream)
-
-
-def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool):
+def _assign_cuda(fn, x, model: Model, batch_size, check_finite: bool, precision: str = "auto"):
+    """Per batch a fixed number of calls, none per level. Folded, screened (default): norms + split, one bf16
+    cuBLAS GEMM for all levels, screen + rescore. Folded fp32: norms, then the fp32 SIMT kernels (the C++ loops the
+    levels). Explicit: rotate, then the levels' SIMT search and residual updates (looped in C++)."""
     import torch
 
-    x, dt, stream = _cuda_ready(fn, x)
-    with torch.cuda.device(x.device):
-        t = model._device_tables(x.device)
+    x, stream = _cuda_ready(fn, x)
+    dev = x.device
+    with torch.cuda.device(dev):
+        t = model._host_tables()
         N, d, L = x.shape[0], model.d, model.L
-        metric = METRICS[model.metric]
-        codes = torch.empty((N, L), dtype=torch.int32, device=x.device)
-        inv_s = torch.empty((N,), dtype=torch.float32, device=x.device)
+        codes = torch.empty((N, L), dtype=torch.int32, device=dev)
+        inv_s = torch.empty((N,), dtype=torch.float32, device=dev)
         if N == 0:
             return codes
-        ldx = x.stride(0)
-        if t.folded:
-            _C.row_norms_cuda(x.data_ptr(), dt, N, d, ldx, t.wtb.data_ptr(), t.bb, model.normalize,
-                              inv_s.data_ptr(), stream)
-            for l, K in enumerate(model.levels):
-                o = t.offsets[l]
-                _C.gemm_argmin_cuda(x.data_ptr(), dt, N, d, ldx, t.M.data_ptr() + 4 * o, t.M.stride(0), K, l, L,
-                                    metric, t.beta.data_ptr() + 4 * o, t.cterm[l].data_ptr(),
-                                    [m.data_ptr() for m in t.T[l]], inv_s.data_ptr(), codes.data_ptr(), stream)
+        key = str(dev)
+        if precision == "bf16" and not _bf16_gemm_accumulates_fp32(key):
+            raise RuntimeError(f"{fn}: precision='bf16' needs cuBLAS's bf16 GEMM to accumulate in fp32 on {key}, and "
+                               "a probe says it does not; use precision='fp32' or 'auto'")
+        screen = t.folded and precision != "fp32" and (precision == "bf16" or _bf16_gemm_accumulates_fp32(key))
+        ex = dict(stream=stream)
+        if t.folded and not screen:
+            tab, _ = _exec_tables(model, key, False)
+            _C.norms_split(x, tab, inv_s, **ex)
+            _C.argmax_levels(None, x, tab, inv_s, codes, **ex)
+        elif t.folded:
+            _screen_cuda(fn, x, model, batch_size, precision, codes, inv_s, ex)
         else:
-            bs = batch_size
-            h = torch.empty((min(N, bs), d), dtype=torch.float32, device=x.device)
-            for lo in range(0, N, bs):
-                n = min(N, lo + bs) - lo
-                cp = codes.data_ptr() + lo * L * 4
-                _rotate_cuda(x[lo:lo + n], dt, n, ldx, model, t, stream, h, inv_s[lo:lo + n])
-                for l, K in enumerate(model.levels):
-                    o = t.offsets[l]
-                    _C.gemm_argmin_cuda(h.data_ptr(), 0, n, d, d, t.Ct.data_ptr() + 4 * o, t.Ct.stride(0), K, l, L,
-                                        metric, 0, t.cterm[l].data_ptr(), [], 0, cp, stream)
-                    if l + 1 < L:
-                        _C.subtract_codeword_cuda(h.data_ptr(), n, d, d, t.C[l].data_ptr(), cp, L, l, stream)
+            tab, _ = _exec_tables(model, key, False)
+            dt = torch.device(dev)
+            tt = model._device_tables(dt)
+            h = torch.empty((min(N, batch_size), d), dtype=torch.float32, device=dev)
+            for lo in range(0, N, batch_size):
+                hi = min(N, lo + batch_size)
+                _C.rotate(x[lo:hi], tt.wt, tt.bias, model.normalize, h[:hi - lo], inv_s[lo:hi], **ex)
+                _C.argmax_residual_levels(h[:hi - lo], tab, None, codes[lo:hi], **ex)
         if check_finite:
             _check_finite_cuda(fn, inv_s, 0, x)
     return codes
+
+
+def _screen_cuda(fn, x, model: Model, batch_size: int, precision: str, codes, inv_s, ex):
+    """The tensor-core screen over CUDA batches. The rescored counts come back through pinned memory without
+    stalling the stream; once a finished batch shows the screen giving up (precision='auto'), the remaining
+    batches take the fp32 SIMT kernels."""
+    import torch
+
+    dev, N, d, L = x.device, x.shape[0], model.d, model.L
+    key = str(dev)
+    tab, M16 = _exec_tables(model, key, True)
+    B = min(batch_size, N)
+    x16 = torch.empty((B, d), dtype=torch.bfloat16, device=dev) if x.dtype != torch.bfloat16 else None
+    xn = torch.empty((B,), dtype=torch.float32, device=dev)
+    dxn = torch.empty((B,), dtype=torch.float32, device=dev)
+    g16 = torch.empty((B, tab.cols), dtype=torch.bfloat16, device=dev)
+    nb = (N + B - 1) // B
+    counts = torch.zeros((nb,), dtype=torch.int64, device=dev)
+    counts_host = torch.zeros((nb,), dtype=torch.int64, pin_memory=True)
+    events, seen, screen = [], 0, True
+    for i, lo in enumerate(range(0, N, B)):
+        hi = min(N, lo + B)
+        xb, n = x[lo:hi], hi - lo
+        if screen and precision == "auto":
+            while seen < len(events) and events[seen].query():  # finished batches only: never waits
+                if int(counts_host[seen]) > _SCREEN_GIVE_UP * B * L:
+                    screen = False
+                seen += 1
+        if not screen:
+            tab32, _ = _exec_tables(model, key, False)
+            _C.norms_split(xb, tab32, inv_s[lo:hi], **ex)
+            _C.argmax_levels(None, xb, tab32, inv_s[lo:hi], codes[lo:hi], **ex)
+            continue
+        a = xb if x16 is None else x16[:n]
+        _C.norms_split(xb, tab, inv_s[lo:hi], None if x16 is None else a, xn[:n], dxn[:n], **ex)
+        with _exact_bf16_reduction(key):
+            torch.mm(a, M16, out=g16[:n])
+        _C.screen_rescore(g16[:n], xb, tab, inv_s[lo:hi], xn[:n], dxn[:n], codes[lo:hi], counts[i:i + 1], **ex)
+        counts_host[i:i + 1].copy_(counts[i:i + 1], non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        events.append(ev)
+
+
+def assign_codes_pipelined(batches, model: Model, device, batch_size: int, d: int):
+    """Pipelined CUDA labeling of host batches: yields (row0, codes [b, L] numpy) one batch behind the input.
+
+    Two pinned host buffers and two device buffers: batch i+1 is copied host->device on a side stream
+    while the kernels label batch i on the current stream; codes come back through pinned memory. The
+    only host wait is on batch i-1's completion event, after batch i has been queued.
+    """
+    import torch
+
+    dev = torch.device(device)
+    compute, copy = torch.cuda.current_stream(dev), torch.cuda.Stream(dev)
+    L, slots, pending = model.L, [], None
+    for _ in range(2):
+        slots.append(dict(
+            host=torch.empty((batch_size, d), dtype=torch.float32, pin_memory=True),
+            dev=torch.empty((batch_size, d), dtype=torch.float32, device=dev),
+            codes=torch.empty((batch_size, L), dtype=torch.int32, pin_memory=True),
+            bad=torch.empty((batch_size,), dtype=torch.bool, pin_memory=True),
+            copied=torch.cuda.Event(), done=torch.cuda.Event()))
+
+    def finish(p):
+        s, lo, n = p
+        s["done"].synchronize()
+        bad = s["bad"][:n].numpy()
+        if bad.any():
+            raise ValueError(f"x row {int(np.flatnonzero(bad)[0])} contains NaN or Inf")  # row within the batch
+        return lo, s["codes"][:n].numpy().copy()
+
+    for i, (lo, xb) in enumerate(batches):
+        s, n = slots[i % 2], xb.shape[0]
+        s["host"][:n].numpy()[...] = xb  # the slot is free: its previous batch was finished below
+        with torch.cuda.stream(copy):
+            s["dev"][:n].copy_(s["host"][:n], non_blocking=True)
+            s["copied"].record(copy)
+        with torch.cuda.stream(compute):
+            compute.wait_event(s["copied"])
+            x = s["dev"][:n]
+            s["bad"][:n].copy_(~torch.isfinite(x).all(dim=1), non_blocking=True)
+            s["codes"][:n].copy_(assign_codes(x, model, check_finite=False), non_blocking=True)
+            s["done"].record(compute)
+        if pending is not None:
+            yield finish(pending)
+        pending = (s, lo, n)
+    if pending is not None:
+        yield finish(pending)
 
 
 # --------------------------------------------------------------------------------------- public
@@ -319,12 +460,15 @@ def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=Non
         progress: show a progress bar (``None``: only for inputs of 2M rows or more).
         check_finite: on CUDA, check for NaN/Inf rows (costs one device synchronization). On the CPU the
             check is always made, at no cost.
-        precision: CPU fused path only. ``"fp32"``: one fp32 GEMM. ``"bf16"``: a bf16 GEMM screens the
-            codewords with a rigorous error bound and only the codewords that can still win are rescored
-            exactly in fp32, so the codes are those of an fp32 search (up to fp32 near-ties), not of a bf16
-            one. ``"auto"`` (default): bf16 screening where the CPU multiplies bf16 natively (AVX512-BF16/AMX)
-            and a probe confirms torch's bf16 GEMM accumulates in fp32; it falls back to fp32 for the rest
-            of the call when the data leaves too many candidates (more than 32 per row and level).
+        precision: fused (folded) path only. ``"fp32"``: an fp32 search (CPU: one fp32 GEMM; CUDA: the fp32
+            SIMT kernels). ``"bf16"``: a bf16 GEMM screens the codewords with a rigorous error bound and only
+            the codewords that can still win are rescored exactly in fp32, so the codes are those of an fp32
+            search (up to fp32 near-ties), not of a bf16 one; CPU and CUDA run the same screen code and give
+            the same codes for the same bf16 GEMM output. ``"auto"`` (default): the screen on CUDA (cuBLAS
+            bf16 GEMM on tensor cores, reduced-precision reductions off for the call) and on CPUs that multiply
+            bf16 natively (AVX512-BF16/AMX), when a probe confirms the bf16 GEMM accumulates in fp32; it falls
+            back to fp32 for the rest of the call when the data leaves too many candidates (more than 32 per
+            row and level).
 
     Returns:
         codes ``[N, L]`` int32: ``codes[n, l]`` is the stage-l codeword of row n. Each stage picks the
@@ -343,7 +487,7 @@ def assign_codes(x, model: Model, *, batch_size: int | None = None, progress=Non
     if precision not in PRECISIONS:
         raise ValueError(f"{fn}: precision must be one of {PRECISIONS}, got {precision!r}")
     if is_torch(x) and x.device.type == "cuda":
-        return _assign_cuda(fn, x, model, bs or CUDA_BATCH, check_finite)
+        return _assign_cuda(fn, x, model, bs or CUDA_BATCH, check_finite, precision)
     if is_torch(x) and x.device.type != "cpu":
         raise ValueError(f"{fn}: x is on unsupported device {x.device}; use a CPU or CUDA tensor")
     codes = _assign_cpu(fn, x, model, bs or CPU_BATCH, progress, precision)
@@ -377,14 +521,14 @@ def transform(x, model: Model, *, batch_size: int | None = None):
     if is_torch(x) and x.device.type == "cuda":
         import torch
 
-        x, dt, stream = _cuda_ready(fn, x)
+        x, stream = _cuda_ready(fn, x)
         with torch.cuda.device(x.device):
             t = model._device_tables(x.device)
             N = x.shape[0]
             h = torch.empty((N, model.d), dtype=torch.float32, device=x.device)
             inv_s = torch.empty((N,), dtype=torch.float32, device=x.device)
             if N:
-                _rotate_cuda(x, dt, N, x.stride(0), model, t, stream, h, inv_s)
+                _C.rotate(x, t.wt, t.bias, model.normalize, h, inv_s, stream=stream)
                 _check_finite_cuda(fn, inv_s, 0, x)
         return h
     t = model._host_tables()

@@ -18,6 +18,7 @@ from ._version import __version__
 from ._io import IMAGE_SUFFIXES, Output, check_outputs, owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, \
     owns_image
 from ._io import atomic_path as _atomic_path
+from ._io import is_uri
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 
@@ -183,6 +184,39 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
     if resume and not checkpoint_dir:
         raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
     _check_fit_outputs(list(inputs), out, checkpoint_dir)
+    dist, rank, created, device = _torchrun_init(device)
+    try:
+        _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+             column, tensor, progress, train, rank)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _torchrun_init(device):
+    """Under torchrun (WORLD_SIZE > 1 in the environment, no process group yet): initializes the process group
+    from torchrun's environment, NCCL on CUDA (this rank's LOCAL_RANK device) else gloo. Returns
+    (torch.distributed or None, rank, whether this call created the group, the device to train on)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, 0, False, device
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist, dist.get_rank(), False, device
+    cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist, dist.get_rank(), True, device
+
+
+def _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+         column, tensor, progress, train, rank):
+    from .readers import read_embeddings
+
     t0 = time.perf_counter()
     x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
@@ -193,6 +227,8 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
         kw["resume"] = True
     model = train.fit(x, levels, **kw)
     t2 = time.perf_counter()
+    if rank:  # under torchrun only rank 0 writes (the model; fit writes checkpoints on rank 0 only)
+        return
     model.save(out)
     click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
@@ -271,6 +307,31 @@ def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overw
     if rep.nodes:
         click.echo(f"ray: {len(rep.nodes)} node(s) labeled " +
                    ", ".join(f"{rows:,} rows on {node[:8]}" for node, rows in sorted(rep.nodes.items())))
+
+
+# -------------------------------------------------------------------------------------- convert
+@main.command(short_help="Rewrite embedding shards as .npy (the fastest format to label).")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--column", default="embedding", show_default=True, help="Embedding column of parquet inputs.")
+@click.option("--tensor", default=None, help="Tensor name in .safetensors inputs (default: the only 2-d one).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Output dtype (default: the input's; bfloat16 and float64 become float32).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Rows per batch (bounds the memory).")
+@click.option("--overwrite", is_flag=True, help="Replace existing .npy outputs (never an input).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def convert(inputs, out, column, tensor, dtype, batch_size, overwrite, progress):
+    """Rewrite embedding shards INPUT... (parquet, safetensors, .npy; files or directories) as OUT/<stem>.npy.
+
+    hermes label memory-maps .npy shards (no decoding); a parquet list column is decoded value by value, several
+    times slower than labeling. Each output appears only when complete; inputs are never replaced.
+    """
+    from .convert import convert as run
+
+    rep = run(list(inputs), out, column=column, tensor=tensor, dtype=dtype, batch_size=batch_size,
+              overwrite=overwrite, progress=progress, fn="hermes convert")
+    click.echo(f"converted {len(rep.outputs)} shard(s) ({rep.rows:,} rows, {_rate(rep.rows, rep.seconds)}) -> {out}")
 
 
 # ---------------------------------------------------------------------------------------- stats
@@ -416,6 +477,11 @@ def _plot_sizes(lab, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ mix
+def _suffix(path) -> str:
+    """The lower-case suffix of a path or URI."""
+    return os.path.splitext(str(path).partition("?")[0])[1].lower()
+
+
 def _parse_stage1(value: str):
     if value in ("uniform", "proportional"):
         return value
@@ -482,12 +548,15 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     if depth > lab.codes.shape[1]:
         raise click.BadParameter(f"the labels have {lab.codes.shape[1]} levels; depth {depth} is too deep",
                                  param_hint="--depth")
-    out = Path(out)
-    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
+    out = out if is_uri(out) else Path(out)
+    if plan is None:  # OUT with suffix .plan.parquet (a URI keeps its scheme, bucket and query)
+        base, q, query = str(out).partition("?")
+        plan = os.path.splitext(base)[0] + ".plan.parquet" + q + query
+    plan = plan if is_uri(plan) else Path(plan)
     ins = _labels_inputs(labels_paths, lab) + [("the --quality file", quality_file), ("the --tokens file", tokens_file)]
     if isinstance(stage1, str) and stage1 not in ("uniform", "proportional"):
         ins.append(("the --stage1 file", stage1))
-    owns_plan = owns_csv_header("l1,bucket") if plan.suffix.lower() == ".csv" else owns_hermes_parquet("hermes-mix-plan")
+    owns_plan = owns_csv_header("l1,bucket") if _suffix(plan) == ".csv" else owns_hermes_parquet("hermes-mix-plan")
     check_outputs("hermes mix", [Output("--out", out, owns_hermes_parquet("hermes-mix"), kind="a hermes mix sample"),
                                  Output("--plan", plan, owns_plan, kind="a hermes mix plan")], ins)
     quality = _per_row(lab, quality_file, quality_col, "quality")
@@ -523,7 +592,7 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     prefix = unpack(cols["bucket"], depth, lab.levels)
     pt = pa.table({"l1": cols.pop("l1"), "bucket": cols.pop("bucket"),
                    **{f"c{i + 1}": prefix[:, i] for i in range(depth)}, **cols})
-    if plan.suffix.lower() == ".csv":
+    if _suffix(plan) == ".csv":
         import pyarrow.csv as pcsv
 
         _atomic_path(plan, lambda tmp: pcsv.write_csv(pt, tmp))

@@ -1,6 +1,8 @@
 """The hermes Model: codebooks, the Learned Semantic Transform (W, b), the metric, and save/load."""
 from __future__ import annotations
 
+import os
+
 import json
 import math
 import re
@@ -192,7 +194,9 @@ class Model:
         """Writes the model to ``path`` (safetensors + JSON metadata), atomically (temp file + rename)."""
         from safetensors.numpy import save_file
 
-        path = Path(path)
+        from ._io import is_uri
+
+        path = path if is_uri(path) else Path(path)  # a URI (s3://...) is published as a whole object
         tensors = {f"codebook.{i}": c for i, c in enumerate(self.codebooks)}
         if self.W is not None:
             tensors["W"] = self.W
@@ -210,6 +214,18 @@ def load(path) -> Model:
     """Reads a model written by :meth:`Model.save`. Errors name the file and what is wrong with it."""
     from safetensors import safe_open
 
+    from ._io import download, is_uri
+
+    if is_uri(path):  # s3://, gs://, ...: a local copy, read like a file
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="hermes-model-") as d:
+            local = os.path.join(d, "model.safetensors")
+            try:
+                download(path, local, "hermes.load")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"hermes.load: no model file at {path}") from None
+            return load(local)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"hermes.load: no model file at {path}")

@@ -332,46 +332,54 @@ def test_bf16_screen_generic_and_avx512_paths_agree(tmp_path):
     assert (generic != here).any(axis=1).mean() <= 0.002
 
 
-def test_bf16_screen_nan_bounds_are_rescored_exactly():
-    # A bf16 score that is NaN or overflows brackets nothing: that codeword (or, when the best lower bound is
-    # NaN, every codeword) must be rescored, never silently dropped.
+def _screen_inputs(model, x):
+    """(tables, inv_s, x16, ||x16||, ||dx||, g16) of the CPU screen for x, through hermes._C's operations."""
     import torch
 
     from hermes import assign as A
     from hermes._backend import _C
 
+    tab, M16 = A._exec_tables(model, "cpu", True)
+    n, d = x.shape
+    inv, x16 = np.empty(n, np.float32), np.empty((n, d), np.int16)
+    xn, dxn = np.empty(n, np.float32), np.empty(n, np.float32)
+    _C.norms_split(x, tab, inv, x16, xn, dxn, nthreads=2)
+    assert not np.isnan(inv).any()
+    g16 = (torch.from_numpy(x16).view(torch.bfloat16) @ M16).view(torch.int16).numpy().copy()
+    return tab, inv, x16, xn, dxn, g16
+
+
+def test_bf16_screen_nan_bounds_are_rescored_exactly():
+    # A bf16 score that is NaN or overflows brackets nothing: that codeword (or, when every lower bound is NaN,
+    # every codeword) must be rescored, never silently dropped.
+    from hermes._backend import _C
+
     model = make_model(64, (32, 16), "l2", "orthogonal")
     x = unit_rows(200, 64, seed=9)
     t = model._host_tables()
-    st = A._screen_tables(model, t)
+    tab, inv, x16, xn, dxn, g16 = _screen_inputs(model, x)
     n = len(x)
-    inv, x16 = np.empty(n, np.float32), np.empty((n, 64), np.int16)
-    xn, dxn = np.empty(n, np.float32), np.empty(n, np.float32)
-    assert _C.row_norms_bf16_cpu(x, t.wtb, t.bb, model.normalize, inv, x16, xn, dxn, 2) == -1
-    g16 = (torch.from_numpy(x16).view(torch.bfloat16) @ st["M16"]).view(torch.int16).numpy().copy()
     expected = hermes.assign_codes(x, model, precision="fp32")
     nan, inf = np.int16(0x7FC0), np.int16(0x7F80)
     rows = [r for r in range(n) if expected[r, 0] != 0][:4]
-    g16[rows[0], 0] = nan                                      # level 1's best lower bound becomes NaN
+    g16[rows[0], 0] = nan                                      # a NaN lower bound at level 1
     g16[rows[1], expected[rows[1], 0]] = nan                   # the winner's own bound is NaN
     g16[rows[2], expected[rows[2], 0]] = inf                   # ... or infinite
     g16[rows[3], t.offsets[1] + expected[rows[3], 1]] = nan    # at level 2
+    rescored = np.zeros(1, np.int64)
     for pos in range(4):
         codes = np.zeros((n, 2), np.int32)
-        _C.assign_screened_cpu(g16, x, st["Mt"], st["m16_norm"], st["dm_norm"], t.offsets[:-1], list(model.levels),
-                               A.METRICS[model.metric], st["betas"], t.cterm, t.T, inv, xn, dxn, codes,
-                               st["shadowed"], 2)
+        _C.screen_rescore(g16, x, tab, inv, xn, dxn, codes, rescored, nthreads=2)
         np.testing.assert_array_equal(codes[rows], expected[rows])
         assert (codes != expected).any(axis=1).mean() <= 0.01  # the other rows: fp32 near-ties at most
         g16[rows[pos]] = nan  # then whole rows of NaN, one more per pass
     codes[:] = 0
-    _C.assign_screened_cpu(g16, x, st["Mt"], st["m16_norm"], st["dm_norm"], t.offsets[:-1], list(model.levels),
-                           A.METRICS[model.metric], st["betas"], t.cterm, t.T, inv, xn, dxn, codes, st["shadowed"], 2)
+    _C.screen_rescore(g16, x, tab, inv, xn, dxn, codes, rescored, nthreads=2)
     np.testing.assert_array_equal(codes[rows], expected[rows])
 
 
-def test_row_norms_bf16_matches_row_norms_and_torch_rounding():
-    # The screen's fused first pass: inv_s bit-equal to the row_norms kernel order, x16 equal to torch's
+def test_norms_split_matches_norms_and_torch_rounding():
+    # The screen's first pass: inv_s bit-equal to the plain norms pass (same lane order), x16 equal to torch's
     # round-to-nearest-even bf16, and the two norms the error bound uses.
     import torch
 
@@ -381,19 +389,48 @@ def test_row_norms_bf16_matches_row_norms_and_torch_rounding():
     for d in (1, 31, 32, 33, 384, 1000):
         x = (rng.standard_normal((67, d)) * rng.uniform(0.01, 100, (67, 1))).astype(np.float32)
         wtb = rng.standard_normal(d).astype(np.float32)
+        tab = _C.Tables([3], _C.METRIC_L2, True, 0.25, m=np.zeros((d, 3), np.float32), cterm=np.ones(3, np.float32),
+                        wtb=wtb)
         inv_ref = np.empty(67, np.float32)
-        assert _C.row_norms_cpu(x, wtb, 0.25, True, inv_ref, 2) == -1
+        _C.norms_split(x, tab, inv_ref, nthreads=2)
         inv, x16 = np.empty(67, np.float32), np.empty((67, d), np.int16)
         xn, dxn = np.empty(67, np.float32), np.empty(67, np.float32)
-        assert _C.row_norms_bf16_cpu(x, wtb, 0.25, True, inv, x16, xn, dxn, 2) == -1
+        _C.norms_split(x, tab, inv, x16, xn, dxn, nthreads=2)
         np.testing.assert_array_equal(inv, inv_ref)
+        assert not np.isnan(inv).any()
         t16 = torch.from_numpy(x).bfloat16()
         np.testing.assert_array_equal(x16, t16.view(torch.int16).numpy())
         f16 = t16.double().numpy()
         np.testing.assert_allclose(xn, np.linalg.norm(f16, axis=1), rtol=1e-5)
         np.testing.assert_allclose(dxn, np.linalg.norm(x.astype(np.float64) - f16, axis=1), rtol=1e-4)
     x[5, 3] = np.nan
-    assert _C.row_norms_bf16_cpu(x, wtb, 0.25, True, inv, x16, xn, dxn, 2) == 5
+    _C.norms_split(x, tab, inv, x16, xn, dxn, nthreads=2)
+    assert np.flatnonzero(np.isnan(inv)).tolist() == [5]
+
+
+def test_binding_checks_views():
+    # Tensors cross the binding as checked views: a wrong shape, dtype, device or a read-only output is refused
+    # with a message naming the operation and the argument.
+    import torch
+
+    from hermes._backend import _C
+
+    model = make_model(16, (8, 4), "l2", "orthogonal")
+    tab, _ = hermes.assign._exec_tables(model, "cpu", False)
+    x = unit_rows(10, 16, seed=1)
+    codes = np.zeros((10, 2), np.int32)
+    with pytest.raises(ValueError, match=r"hermes._C.argmax_levels: g must be \[10, 12\] float32 on cpu, got \[10, 11\]"):
+        _C.argmax_levels(np.zeros((10, 11), np.float32), x, tab, None, codes)
+    with pytest.raises(ValueError, match=r"hermes._C.norms_split: inv_s must be \[10\] float32 on cpu, got \[10\] float64"):
+        _C.norms_split(x, tab, np.zeros(10))
+    with pytest.raises(ValueError, match=r"hermes._C.argmax_levels: codes is read-only"):
+        ro = np.zeros((10, 2), np.int32)
+        ro.flags.writeable = False
+        _C.argmax_levels(x @ model._host_tables().M, x, tab, None, ro)
+    with pytest.raises(ValueError, match=r"hermes._C.argmax_levels: x must have dense rows"):
+        _C.argmax_levels(None, torch.from_numpy(np.asfortranarray(x)), tab, None, codes)
+    with pytest.raises(ValueError, match=r"hermes._C.rotate: x must be a torch.Tensor or a numpy array, got list"):
+        _C.rotate([[1.0]], None, None, True, None, None)
 
 
 def test_bf16_screen_degenerate_scores(real_embeddings):
@@ -415,3 +452,54 @@ def test_bf16_screen_degenerate_scores(real_embeddings):
     np.testing.assert_array_equal(_duplicate_rows(np.eye(3, dtype=np.float32)), np.zeros(0, np.int32))
     with pytest.raises(ValueError, match=r"assign_codes: precision must be one of \('auto', 'fp32', 'bf16'\)"):
         hermes.assign_codes(x, model, precision="fp16")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_cuda_screen_equals_cpu_screen_on_same_g16(dtype, metric):
+    # One executor on two devices: the CUDA norms + split and screen + rescore kernels against the CPU executor
+    # fed the same cuBLAS bf16 GEMM output, bit for bit (norms, split, codes, rescored count); then the whole
+    # CUDA path (default precision, the screen) and precision='fp32' (the SIMT kernels) against the reference.
+    import torch
+
+    from hermes import assign as A
+    from hermes._backend import _C
+
+    dev = "cuda:0"
+    stream = torch.cuda.current_stream().cuda_stream
+    setting = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    for n, d, levels in [(1, 7, (5,)), (31, 37, (70, 5)), (257, 37, (130, 64, 5)), (2048, 1024, (256, 256, 256)),
+                         (33, 64, (5, 130, 70, 33))]:
+        model = make_model(d, levels, metric, "orthogonal")
+        L = model.L
+        xt = torch.from_numpy(unit_rows(n, d, seed=n) * 2.0).to(getattr(torch, dtype))
+        x32 = xt.float().numpy()
+        xc = xt.to(dev)
+        tab_c, M16_c = A._exec_tables(model, dev, True)
+        tab_h, _ = A._exec_tables(model, "cpu", True)
+        inv, xn, dxn = (torch.empty(n, device=dev) for _ in range(3))
+        x16 = None if dtype == "bfloat16" else torch.empty((n, d), dtype=torch.bfloat16, device=dev)
+        _C.norms_split(xc, tab_c, inv, x16, xn, dxn, stream=stream)
+        a = xc if x16 is None else x16
+        with A._exact_bf16_reduction(dev):
+            g16 = a @ M16_c
+        codes = torch.zeros((n, L), dtype=torch.int32, device=dev)
+        count = torch.zeros(1, dtype=torch.int64, device=dev)
+        _C.screen_rescore(g16, xc, tab_c, inv, xn, dxn, codes, count, stream=stream)
+        torch.cuda.synchronize()
+        inv_h, xn_h, dxn_h = (np.empty(n, np.float32) for _ in range(3))
+        x16_h = np.empty((n, d), np.int16)
+        _C.norms_split(x32, tab_h, inv_h, x16_h, xn_h, dxn_h, nthreads=2)
+        for got, want in ((inv, inv_h), (xn, xn_h), (dxn, dxn_h)):
+            np.testing.assert_array_equal(got.cpu().numpy().view(np.uint32), want.view(np.uint32))
+        np.testing.assert_array_equal(a.cpu().view(torch.int16).numpy(), x16_h)
+        codes_h, count_h = np.zeros((n, L), np.int32), np.zeros(1, np.int64)
+        _C.screen_rescore(g16.cpu().view(torch.int16).numpy(), x32, tab_h, inv_h, xn_h, dxn_h, codes_h, count_h,
+                          nthreads=2)
+        np.testing.assert_array_equal(codes.cpu().numpy(), codes_h)
+        assert int(count.cpu()[0]) == int(count_h[0])
+        for precision in ("auto", "fp32"):
+            check_codes(x32, model, hermes.assign_codes(xc, model, precision=precision))
+    # The setting the screen turns off for its GEMM is restored afterwards.
+    assert torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction == setting

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(HERMES_SIMT_EMULATION)
 #define HERMES_HD __host__ __device__ __forceinline__
 #else
 #define HERMES_HD inline
@@ -24,6 +24,23 @@ enum InputType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 // (built with -ffp-contract=off) round identically.
 HERMES_HD float mul_add(float a, float b, float c) { return fmaf(a, b, c); }
 
+// A product or sum nvcc may not fuse with its neighbours (it contracts a*b+c into an FMA by default; the CPU
+// build has -ffp-contract=off): the screen's bound and scores round the same on both sides.
+HERMES_HD float mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+HERMES_HD float add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // True for finite v (Inf - Inf and NaN - NaN are NaN); the same expression on host and device.
 HERMES_HD bool finite(float v) { return v - v == 0.0f; }
 
@@ -33,7 +50,7 @@ HERMES_HD bool finite(float v) { return v - v == 0.0f; }
 HERMES_HD float inv_norm(float xx, float wx, float bb, bool normalize) {
   if (!finite(xx) || !finite(wx)) return NAN;
   if (!normalize) return 1.0f;
-  float s2 = mul_add(2.0f, wx, xx) + bb;
+  float s2 = add(mul_add(2.0f, wx, xx), bb);
   s2 = s2 > 0.0f ? s2 : 0.0f;
   float s = sqrtf(s2);
   return s > 0.0f ? 1.0f / s : 0.0f;
@@ -51,7 +68,7 @@ HERMES_HD void norm_step(float xi, float wi, float& xx, float& wx) {
 // same two), so only lane 0's chain is replayed: at offset o it needs lanes i < o, v_i + v_{i+o}. 31 adds.
 HERMES_HD float butterfly_sum32(float* v) {
   for (int o = kWarp / 2; o > 0; o >>= 1)
-    for (int i = 0; i < o; ++i) v[i] = v[i] + v[i + o];
+    for (int i = 0; i < o; ++i) v[i] = add(v[i], v[i + o]);
   return v[0];
 }
 
@@ -73,7 +90,7 @@ struct LevelParams {
 HERMES_HD float correction(const LevelParams& p, const int32_t* code_row, int k) {
   float corr = 0.0f;
   for (int j = 0; j < p.level; ++j) {
-    if (p.T[j] != nullptr) corr += p.T[j][static_cast<int64_t>(code_row[j]) * p.K + k];
+    if (p.T[j] != nullptr) corr = add(corr, p.T[j][static_cast<int64_t>(code_row[j]) * p.K + k]);
   }
   return corr;
 }
@@ -83,8 +100,8 @@ HERMES_HD float correction(const LevelParams& p, const int32_t* code_row, int k)
 // then the metric: l2 maximizes 2 r.c - ||c||^2 (= argmin ||r - c||^2); cos maximizes r.c / ||c||
 // (cterm = 1/||c||, 0 for a zero codeword, which therefore scores 0).
 HERMES_HD float score_from_parts(float g, float beta, float inv_s, float corr, float cterm, int metric) {
-  const float rc = mul_add(g + beta, inv_s, -corr);
-  return metric == kL2 ? mul_add(2.0f, rc, -cterm) : rc * cterm;
+  const float rc = mul_add(add(g, beta), inv_s, -corr);
+  return metric == kL2 ? mul_add(2.0f, rc, -cterm) : mul(rc, cterm);
 }
 
 HERMES_HD float column_score(const LevelParams& p, float g, float inv_s, const int32_t* code_row, int k) {

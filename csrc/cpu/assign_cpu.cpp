@@ -1,9 +1,12 @@
-// CPU executors for hermes: row norms, per-level argmin epilogue and codeword subtraction, calling csrc/core.
+// CPU executor: norms + split, the screen + rescore, the fp32 argmax epilogue, rotation and subtraction, threaded
+// over rows and calling csrc/core for every number (the CUDA kernels call the same core code).
 #include "cpu/assign_cpu.h"
 
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cmath>
+#include <stdexcept>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -143,26 +146,24 @@ int32_t level_row(const core::LevelParams& p, const float* gr, float inv_s, cons
   return best.index;
 }
 
-// fp32 dot product for the exact rescoring: 64 lane partial sums (four independent vector chains), then a
-// halving tree; both vectorize. Any fp32 summation order is within the screen's error bound.
+// The rescoring's dot product in core order (core/screen.h): 64 lane partials, then the halving tree. The
+// lanes are independent, so the x86-64-v3/v4 clones vectorize it without changing a bit.
 HERMES_CPU_CLONES
-float dot_fast(const float* a, const float* b, int64_t d) {
-  constexpr int kLanes = 64;
-  float acc[kLanes] = {0};
+float dot_core(const float* __restrict a, const float* __restrict b, int64_t d) {
+  float acc[core::kDotLanes] = {0};
   int64_t i0 = 0;
-  for (; i0 + kLanes <= d; i0 += kLanes)
-    for (int lane = 0; lane < kLanes; ++lane) acc[lane] = core::mul_add(a[i0 + lane], b[i0 + lane], acc[lane]);
+  for (; i0 + core::kDotLanes <= d; i0 += core::kDotLanes)
+    for (int lane = 0; lane < core::kDotLanes; ++lane) acc[lane] = core::mul_add(a[i0 + lane], b[i0 + lane], acc[lane]);
   for (int lane = 0; i0 + lane < d; ++lane) acc[lane] = core::mul_add(a[i0 + lane], b[i0 + lane], acc[lane]);
-  for (int o = kLanes / 2; o > 0; o >>= 1)
-    for (int i = 0; i < o; ++i) acc[i] += acc[i + o];
-  return acc[0];
+  return core::dot_tree64(acc);
 }
 
-// max of v[0..n), n >= 1, NaN-free: 16 lanes so it vectorizes (max is exact in any order).
+// max of lo[0..n) with NaN ignored (-inf when all are NaN): core::Bar's value, 16 lanes so it vectorizes
+// (max is exact in any order; the index is found afterwards).
 HERMES_CPU_CLONES
-float max_of(const float* v, int n) {
+float bar_value(const float* v, int n) {
   float m[16];
-  for (int j = 0; j < 16; ++j) m[j] = v[0];
+  for (int j = 0; j < 16; ++j) m[j] = -INFINITY;
   int k0 = 0;
   for (; k0 + 16 <= n; k0 += 16)
     for (int j = 0; j < 16; ++j) m[j] = v[k0 + j] > m[j] ? v[k0 + j] : m[j];
@@ -172,93 +173,62 @@ float max_of(const float* v, int n) {
   return r;
 }
 
-// The screened path's first pass over one row, in one sweep: the lane partials of ||x||^2 and x.wtb in the
-// row_norms kernel's order (as lane_partials), the bf16 rounding of x (round to nearest even, as torch
-// does), and the norms ||x16|| and ||x - x16|| (exact in fp32) for the screen's error bound. Local lane
-// arrays and restrict pointers so the whole sweep vectorizes.
+// One sweep over a row for the screen: core::norms_split_step per element in lane order (lane = i % 32),
+// the bf16 bits stored. Local lane arrays and restrict pointers so the sweep vectorizes.
 HERMES_CPU_CLONES
-void norms_bf16_row(const float* __restrict xr, const float* __restrict wr, int64_t d, uint16_t* __restrict out,
-                    float* __restrict xx_out, float* __restrict wx_out, float* __restrict x16_norm,
-                    float* __restrict dx_norm) {
-  float xx[core::kWarp] = {0}, wx[core::kWarp] = {0}, a[core::kWarp] = {0}, b[core::kWarp] = {0};
-  auto step = [&](int64_t i, int lane) {
-    const float v = xr[i];
-    core::norm_step(v, wr[i], xx[lane], wx[lane]);
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    out[i] = static_cast<uint16_t>(r >> 16);
-    float t;
-    std::memcpy(&t, &r, sizeof t);
-    const float e = v - t;
-    a[lane] = core::mul_add(t, t, a[lane]);
-    b[lane] = core::mul_add(e, e, b[lane]);
-  };
+void norms_split_row(const float* __restrict xr, const float* __restrict wr, int64_t d, uint16_t* __restrict out,
+                     float* __restrict xx, float* __restrict wx, float* __restrict hh, float* __restrict rr) {
+  for (int j = 0; j < core::kWarp; ++j) xx[j] = wx[j] = hh[j] = rr[j] = 0.0f;
   int64_t i0 = 0;
   for (; i0 + core::kWarp <= d; i0 += core::kWarp)
-    for (int lane = 0; lane < core::kWarp; ++lane) step(i0 + lane, lane);
-  for (int lane = 0; i0 + lane < d; ++lane) step(i0 + lane, lane);
-  float sa = 0.0f, sb = 0.0f;
-  for (int j = 0; j < core::kWarp; ++j) {
-    sa += a[j];
-    sb += b[j];
-    xx_out[j] = xx[j];
-    wx_out[j] = wx[j];
-  }
-  *x16_norm = std::sqrt(sa);
-  *dx_norm = std::sqrt(sb);
+    for (int lane = 0; lane < core::kWarp; ++lane)
+      out[i0 + lane] = core::norms_split_step(xr[i0 + lane], wr[i0 + lane], xx[lane], wx[lane], hh[lane], rr[lane]);
+  for (int lane = 0; i0 + lane < d; ++lane)
+    out[i0 + lane] = core::norms_split_step(xr[i0 + lane], wr[i0 + lane], xx[lane], wx[lane], hh[lane], rr[lane]);
 }
 
-// The bracketing scores of one level: lo[k] <= exact score of codeword k <= hi[k], from the bf16 scores g16,
-// the error-bound coefficients and the level's tables. Separate restrict-qualified arrays so the loop
-// vectorizes (with eight pointers in one loop the compiler gives up on its runtime alias checks).
+// The bracketing scores of one level (core::bracket per codeword). Separate restrict-qualified arrays so the
+// loop vectorizes (with eight pointers in one loop the compiler gives up on its runtime alias checks).
 template <int kMetric>
 HERMES_CPU_CLONES void bracket_scores(const uint16_t* __restrict g16, int K, const float* __restrict mn,
                                       const float* __restrict dn, const float* __restrict beta,
-                                      const float* __restrict corr, const float* __restrict cterm, float c_out,
-                                      float a, float b, float inv_s, float* __restrict lo, float* __restrict hi) {
-  for (int k = 0; k < K; ++k) {
-    const uint32_t u = static_cast<uint32_t>(g16[k]) << 16;  // bf16 bits are the float's high half
-    float g;
-    std::memcpy(&g, &u, sizeof g);
-    const float e = c_out * std::fabs(g) + a * dn[k] + b * mn[k];
-    lo[k] = core::score_from_parts(g - e, beta[k], inv_s, corr[k], cterm[k], kMetric);
-    hi[k] = core::score_from_parts(g + e, beta[k], inv_s, corr[k], cterm[k], kMetric);
-  }
+                                      const float* __restrict corr, const float* __restrict cterm,
+                                      core::Bound e, float inv_s, float* __restrict lo, float* __restrict hi) {
+  for (int k = 0; k < K; ++k)
+    core::bracket(core::bf16_to_float(g16[k]), mn[k], dn[k], beta[k], corr[k], cterm[k], e, inv_s, kMetric, lo[k],
+                  hi[k]);
 }
 
-// The screen's candidate search and exact rescoring, with AVX-512 versions (mask compress into a register;
-// four candidates' dot products per sweep over x, so four memory streams are in flight) picked at run time.
-// cand gets every k with !(hi[k] < best_lo), in increasing k; returns how many. NaN counts as a candidate:
-// a NaN bound (an overflowing bf16 score, or a NaN best_lo) brackets nothing, so that codeword is rescored. cand has room for K + 16
-// (the vector path stores whole compressed vectors: compress-to-memory is microcoded and slow on AMD Zen 4).
-int select_candidates_generic(const float* __restrict hi, int K, float best_lo, int32_t* __restrict cand) {
+// cand gets every k with core::is_candidate(hi[k], bar), in increasing k; returns how many. cand has room for
+// K + 16 (the vector path stores whole compressed vectors: compress-to-memory is microcoded and slow on Zen 4).
+int select_candidates_generic(const float* __restrict hi, int K, float bar, int32_t* __restrict cand) {
   int n = 0;
   for (int k = 0; k < K; ++k) {
     cand[n] = k;
-    n += hi[k] < best_lo ? 0 : 1;
+    n += core::is_candidate(hi[k], bar) ? 1 : 0;
   }
   return n;
 }
 
-// g[i] = x . rows[cand[i]] in fp32 (any fp32 summation order is within the screen's error bound).
 void rescore_generic(const float* x, const float* rows, int64_t d, const int32_t* cand, int n, float* g) {
-  for (int i = 0; i < n; ++i) g[i] = dot_fast(x, rows + cand[i] * d, d);
+  for (int i = 0; i < n; ++i) g[i] = dot_core(x, rows + cand[i] * d, d);
 }
 
 #ifdef HERMES_AVX512_PATHS
-// Horizontal sum through memory (GCC 12's _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its header).
-__attribute__((target("avx512f"))) float hsum16(__m512 v) {
+// core::dot_tree64's last six steps on one vector of 16 partials (o = 8, 4, 2, 1), through memory (GCC 12's
+// _mm512_reduce_add_ps trips -Wmaybe-uninitialized in its header).
+__attribute__((target("avx512f"))) float tree16(__m512 v) {
   alignas(64) float t[16];
   _mm512_store_ps(t, v);
   for (int o = 8; o > 0; o >>= 1)
-    for (int i = 0; i < o; ++i) t[i] += t[i + o];
+    for (int i = 0; i < o; ++i) t[i] = t[i] + t[i + o];
   return t[0];
 }
 
-__attribute__((target("avx512f"))) int select_candidates_avx512(const float* __restrict hi, int K, float best_lo,
+// core::is_candidate(hi, bar) is !(hi < bar): _CMP_NLT_UQ (true for NaN).
+__attribute__((target("avx512f"))) int select_candidates_avx512(const float* __restrict hi, int K, float bar,
                                                                  int32_t* __restrict cand) {
-  const __m512 lo = _mm512_set1_ps(best_lo);
+  const __m512 lo = _mm512_set1_ps(bar);
   __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i step = _mm512_set1_epi32(16);
   int n = 0, k = 0;
@@ -277,50 +247,45 @@ __attribute__((target("avx512f"))) int select_candidates_avx512(const float* __r
   return n;
 }
 
-__attribute__((target("avx512f"))) void rescore_avx512(const float* x, const float* rows, int64_t d,
-                                                        const int32_t* cand, int n, float* g) {
-  const int64_t dv = d & ~int64_t{15};
-  const __mmask16 tail = static_cast<__mmask16>((1u << (d - dv)) - 1u);
-  int i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const float* r0 = rows + cand[i] * d;
-    const float* r1 = rows + cand[i + 1] * d;
-    const float* r2 = rows + cand[i + 2] * d;
-    const float* r3 = rows + cand[i + 3] * d;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (int64_t j = 0; j < dv; j += 16) {
-      const __m512 xv = _mm512_loadu_ps(x + j);
-      a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r0 + j), a0);
-      a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r1 + j), a1);
-      a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r2 + j), a2);
-      a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r3 + j), a3);
-    }
-    if (dv < d) {
-      const __m512 xv = _mm512_maskz_loadu_ps(tail, x + dv);
-      a0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r0 + dv), a0);
-      a1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r1 + dv), a1);
-      a2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r2 + dv), a2);
-      a3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, r3 + dv), a3);
-    }
-    g[i] = hsum16(a0);
-    g[i + 1] = hsum16(a1);
-    g[i + 2] = hsum16(a2);
-    g[i + 3] = hsum16(a3);
-  }
-  for (; i < n; ++i) {
-    const float* r0 = rows + cand[i] * d;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t j = 0;
-    for (; j + 32 <= dv; j += 32) {
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(r0 + j), a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + j + 16), _mm512_loadu_ps(r0 + j + 16), a1);
-    }
-    for (; j < dv; j += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(r0 + j), a0);
-    if (dv < d) a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + dv), _mm512_maskz_loadu_ps(tail, r0 + dv), a1);
-    g[i] = hsum16(_mm512_add_ps(a0, a1));
-  }
+// Masks of the four 16-lane groups of a 64-element block that starts at i0 (all ones for a whole block).
+__attribute__((target("avx512f"))) inline __mmask16 group_mask(int64_t i0, int q, int64_t d) {
+  const int64_t left = d - i0 - 16 * q;
+  return left >= 16 ? static_cast<__mmask16>(0xffff) : left <= 0 ? static_cast<__mmask16>(0)
+                                                              : static_cast<__mmask16>((1u << left) - 1u);
 }
 
+// dot_core for four candidates per sweep over x (four memory streams in flight): candidate c's 64 lane
+// partials are four vectors a[c][0..3] (partial i in vector i / 16, lane i % 16); the tail's masked lanes add
+// 0 * 0, which leaves a partial unchanged (it is never -0: it starts at +0). Then the tree in core order:
+// o = 32 adds vector 2 to 0 and 3 to 1, o = 16 adds 1 to 0, tree16 does the rest.
+__attribute__((target("avx512f"))) void rescore_avx512(const float* x, const float* rows, int64_t d,
+                                                        const int32_t* cand, int n, float* g) {
+  const int64_t dv = d & ~int64_t{63};
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float* r[4] = {rows + cand[i] * d, rows + cand[i + 1] * d, rows + cand[i + 2] * d, rows + cand[i + 3] * d};
+    __m512 a[4][4];
+    for (int c = 0; c < 4; ++c)
+      for (int q = 0; q < 4; ++q) a[c][q] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < dv; j += 64)
+      for (int q = 0; q < 4; ++q) {
+        const __m512 xv = _mm512_loadu_ps(x + j + 16 * q);
+        for (int c = 0; c < 4; ++c) a[c][q] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r[c] + j + 16 * q), a[c][q]);
+      }
+    if (dv < d)
+      for (int q = 0; q < 4; ++q) {
+        const __mmask16 m = group_mask(dv, q, d);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + dv + 16 * q);
+        for (int c = 0; c < 4; ++c)
+          a[c][q] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, r[c] + dv + 16 * q), a[c][q]);
+      }
+    for (int c = 0; c < 4; ++c) {
+      const __m512 h0 = _mm512_add_ps(a[c][0], a[c][2]), h1 = _mm512_add_ps(a[c][1], a[c][3]);
+      g[i + c] = tree16(_mm512_add_ps(h0, h1));
+    }
+  }
+  for (; i < n; ++i) g[i] = dot_core(x, rows + cand[i] * d, d);
+}
 #endif
 
 }  // namespace
@@ -346,11 +311,11 @@ bool use_avx512() {
 
 namespace {
 
-int select_candidates(const float* hi, int K, float best_lo, int32_t* cand) {
+int select_candidates(const float* hi, int K, float bar, int32_t* cand) {
 #ifdef HERMES_AVX512_PATHS
-  if (use_avx512()) return select_candidates_avx512(hi, K, best_lo, cand);
+  if (use_avx512()) return select_candidates_avx512(hi, K, bar, cand);
 #endif
-  return select_candidates_generic(hi, K, best_lo, cand);
+  return select_candidates_generic(hi, K, bar, cand);
 }
 
 void rescore(const float* x, const float* rows, int64_t d, const int32_t* cand, int n, float* g) {
@@ -360,70 +325,75 @@ void rescore(const float* x, const float* rows, int64_t d, const int32_t* cand, 
   rescore_generic(x, rows, d, cand, n, g);
 }
 
-// One row, all levels, screened. corr, hi and lo are scratch of size max K; beta is never null here.
+struct ScreenScratch {
+  std::vector<float> corr, hi, lo, gbuf;
+  std::vector<int32_t> cand;
+  explicit ScreenScratch(int maxK)
+      : corr(maxK), hi(maxK), lo(maxK), gbuf(maxK), cand(static_cast<size_t>(maxK) + 16) {}
+};
+
+// One row, all levels, screened, with the rule of core/screen.h: the bar (best lower bound, lowest index
+// holding it), the candidates reaching it; one candidate wins unrescored; else the bar's codeword is rescored
+// first, then, in increasing k, the other candidates whose upper bound reaches its exact score. The CUDA
+// screen_rescore_kernel applies the same rule. Returns the number of rescored dot products.
 HERMES_CPU_CLONES
-int64_t screened_row(const uint16_t* gr, const float* xr, int64_t d, const float* mt, const float* m16_norm,
-                     const float* dm_norm, const ScreenLevel* levels, int L, float inv_s, float x16_norm,
-                     float dx_norm, int32_t* code_row, float* corr, float* hi, float* lo, int32_t* cand,
-                     float* gbuf) {
-  // With x = x16 + dx and M = M16 + dM (bf16 parts and exact fp32 remainders), the bf16 products are exact in
-  // fp32, so |g16 - x.M_k| <= 2^-8 |g16| (bf16 output) + ||x16|| ||dM_k|| + ||dx|| ||M16_k|| + ||dx|| ||dM_k||
-  // + d 2^-24 ||x16|| ||M16_k|| (fp32 accumulation). Inflated by 1% so the bound's own rounding stays covered.
-  const float c_out = 1.01f * 0x1p-8f;
-  const float a = 1.01f * (x16_norm + dx_norm);
-  const float b = 1.01f * (dx_norm + static_cast<float>(d) * 0x1p-24f * x16_norm);
+int64_t screened_row(const uint16_t* gr, const float* xr, const core::Tables& t,
+                     const std::vector<std::vector<int32_t>>& shadowed, float inv_s, float x16_norm, float dx_norm,
+                     int32_t* code_row, ScreenScratch& s) {
+  const core::Bound e = core::row_bound(x16_norm, dx_norm, t.d);
+  float *corr = s.corr.data(), *hi = s.hi.data(), *lo = s.lo.data(), *gbuf = s.gbuf.data();
+  int32_t* cand = s.cand.data();
   int64_t rescored = 0;
-  for (int l = 0; l < L; ++l) {
-    const core::LevelParams& p = levels[l].p;
-    const int64_t off = levels[l].offset;
+  for (int l = 0; l < t.L; ++l) {
+    const core::LevelParams& p = t.p[l];
+    const int64_t off = t.offset[l];
     const int K = p.K;
     corrections(p, code_row, corr);
-    // The score is non-decreasing in the dot product (inv_s >= 0, cterm >= 0, rounding is monotone), so
-    // scores at g16 -/+ E bracket the exact one.
     if (p.metric == core::kL2)
-      bracket_scores<core::kL2>(gr + off, K, m16_norm + off, dm_norm + off, p.beta, corr, p.cterm, c_out, a, b,
-                                inv_s, lo, hi);
+      bracket_scores<core::kL2>(gr + off, K, t.m16_norm + off, t.dm_norm + off, p.beta, corr, p.cterm, e, inv_s,
+                                lo, hi);
     else
-      bracket_scores<core::kCos>(gr + off, K, m16_norm + off, dm_norm + off, p.beta, corr, p.cterm, c_out, a, b,
-                                 inv_s, lo, hi);
-    for (int i = 0; i < levels[l].n_shadowed; ++i) lo[levels[l].shadowed[i]] = hi[levels[l].shadowed[i]] = -INFINITY;
-    // Candidates: every k whose upper bound reaches the best lower bound (or is NaN). The one holding that
-    // lower bound is always among them (with a NaN best_lo, every k is); when it is alone, every other exact
-    // score is strictly below its own and it wins without being rescored.
-    const float best_lo = max_of(lo, K);
-    int n = select_candidates(hi, K, best_lo, cand);
+      bracket_scores<core::kCos>(gr + off, K, t.m16_norm + off, t.dm_norm + off, p.beta, corr, p.cterm, e, inv_s,
+                                 lo, hi);
+    for (int32_t k : shadowed[l]) {  // never the bar, never a candidate (unless the bar is -inf: filtered below)
+      lo[k] = NAN;
+      hi[k] = -INFINITY;
+    }
+    const float bar = bar_value(lo, K);
+    int n = select_candidates(hi, K, bar, cand);
+    if (bar == -INFINITY && !shadowed[l].empty()) {
+      int m = 0;
+      for (int i = 0; i < n; ++i)
+        if (!t.shadow[off + cand[i]]) cand[m++] = cand[i];
+      n = m;
+    }
     if (n == 1) {
-      code_row[p.level] = cand[0];
+      code_row[l] = cand[0];
       continue;
     }
     core::Best best = core::best_init();
     auto rescore_into = [&](const int32_t* c, int count) {  // exact fp32 scores of codewords c[0..count)
-      rescore(xr, mt + off * d, d, c, count, gbuf);
+      rescore(xr, t.mt + off * t.d, t.d, c, count, gbuf);
       for (int i = 0; i < count; ++i)
         core::best_update(best, core::score_from_parts(gbuf[i], p.beta[c[i]], inv_s, corr[c[i]], p.cterm[c[i]],
                                                        p.metric), c[i]);
       rescored += count;
     };
-    // The candidate holding the best lower bound usually wins: rescore it first. Its exact score S is then the
-    // bar, higher than best_lo: a candidate with hi < S cannot reach S, so only those with hi >= S (ties
-    // included, for the lowest-index rule; NaN included) are rescored.
-    int first = 0;
-    while (first + 1 < n && lo[cand[first]] != best_lo) ++first;
-    const int32_t k0 = cand[first];
-    rescore_into(&k0, 1);
-    int m = 0;
-    for (int i = 0; i < n; ++i)
-      if (cand[i] != k0 && !(hi[cand[i]] < best.score)) cand[m++] = cand[i];
-    rescore_into(cand, m);
-    code_row[p.level] = best.index;
+    int32_t k0 = -1;  // the lowest index holding the bar (NaN lo never equals it)
+    for (int i = 0; i < n && k0 < 0; ++i)
+      if (lo[cand[i]] == bar) k0 = cand[i];
+    if (k0 >= 0) {
+      rescore_into(&k0, 1);
+      const float exact = best.score;
+      int m = 0;
+      for (int i = 0; i < n; ++i)
+        if (cand[i] != k0 && core::reaches(hi[cand[i]], exact)) cand[m++] = cand[i];
+      n = m;
+    }
+    rescore_into(cand, n);
+    code_row[l] = best.index;
   }
   return rescored;
-}
-
-void record_bad(std::atomic<int64_t>& first_bad, int64_t row) {
-  int64_t cur = first_bad.load();
-  while ((cur < 0 || row < cur) && !first_bad.compare_exchange_weak(cur, row)) {
-  }
 }
 
 // 1/||W x + b|| of one row in the row_norms kernel's lane order (NaN for a non-finite row).
@@ -433,33 +403,180 @@ float row_inv_norm(const float* xr, const float* wtb, int64_t d, float bb, bool 
   return core::inv_norm(core::butterfly_sum32(xx), core::butterfly_sum32(wx), bb, normalize);
 }
 
-}  // namespace
-
-int64_t row_norms(const float* x, int64_t n, int64_t d, int64_t ldx, const float* wtb, float bb,
-                  bool normalize, float* inv_s, int nthreads) {
-  std::atomic<int64_t> first_bad{-1};
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      inv_s[r] = row_inv_norm(x + r * ldx, wtb, d, bb, normalize);
-      if (std::isnan(inv_s[r])) record_bad(first_bad, r);
-    }
-  });
-  return first_bad.load();
+void require(bool ok, const char* msg) {
+  if (!ok) throw std::invalid_argument(std::string("hermes CPU executor: ") + msg);
 }
 
-int64_t row_norms_bf16(const float* x, int64_t n, int64_t d, const float* wtb, float bb, bool normalize,
-                       float* inv_s, uint16_t* x16, float* x16_norm, float* dx_norm, int nthreads) {
-  // One sweep per row: norms, bf16 conversion and the bound's norms (x16 of a bad row is never used).
-  std::atomic<int64_t> first_bad{-1};
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
+const float* f32_rows(const core::Rows& x) {
+  require(x.dtype == core::kF32, "x must be float32 (the CPU path converts float16/bfloat16 input first)");
+  return static_cast<const float*>(x.data);
+}
+
+int max_k(const core::Tables& t) {
+  int m = 1;
+  for (int l = 0; l < t.L; ++l) m = std::max(m, t.p[l].K);
+  return m;
+}
+
+}  // namespace
+
+void norms_split(const core::Rows& x, const core::Tables& t, float* inv_s, uint16_t* x16, float* x16_norm,
+                 float* dx_norm, const core::Exec& e) {
+  const float* xp = f32_rows(x);
+  const int64_t d = x.d;
+  std::vector<float> zeros;
+  const float* wtb = t.wtb;
+  if (wtb == nullptr) {
+    zeros.assign(static_cast<size_t>(d), 0.0f);
+    wtb = zeros.data();
+  }
+  parallel_rows(x.n, e.nthreads, [&](int64_t lo, int64_t hi) {
+    std::vector<uint16_t> scratch(x16 == nullptr && x16_norm != nullptr ? static_cast<size_t>(d) : 0);
     for (int64_t r = lo; r < hi; ++r) {
-      float xx[core::kWarp], wx[core::kWarp];
-      norms_bf16_row(x + r * d, wtb, d, x16 + r * d, xx, wx, x16_norm + r, dx_norm + r);
-      inv_s[r] = core::inv_norm(core::butterfly_sum32(xx), core::butterfly_sum32(wx), bb, normalize);
-      if (std::isnan(inv_s[r])) record_bad(first_bad, r);
+      const float* xr = xp + r * x.ld;
+      if (x16 == nullptr && x16_norm == nullptr && dx_norm == nullptr) {
+        inv_s[r] = row_inv_norm(xr, wtb, d, t.bb, t.normalize);
+        continue;
+      }
+      float xx[core::kWarp], wx[core::kWarp], hh[core::kWarp], rr[core::kWarp];
+      norms_split_row(xr, wtb, d, x16 != nullptr ? x16 + r * d : scratch.data(), xx, wx, hh, rr);
+      inv_s[r] = core::inv_norm(core::butterfly_sum32(xx), core::butterfly_sum32(wx), t.bb, t.normalize);
+      if (x16_norm != nullptr) x16_norm[r] = std::sqrt(core::butterfly_sum32(hh));
+      if (dx_norm != nullptr) dx_norm[r] = std::sqrt(core::butterfly_sum32(rr));
     }
   });
-  return first_bad.load();
+}
+
+void screen_rescore(const uint16_t* g16, int64_t ldg, const core::Rows& x, const core::Tables& t, const float* inv_s,
+                    const float* x16_norm, const float* dx_norm, int32_t* codes, int64_t* rescored,
+                    const core::Exec& e) {
+  const float* xp = f32_rows(x);
+  require(t.mt != nullptr && t.m16_norm != nullptr && t.dm_norm != nullptr && t.shadow != nullptr,
+          "screen_rescore needs the screen tables (mt, m16_norm, dm_norm, shadow)");
+  std::vector<std::vector<int32_t>> shadowed(static_cast<size_t>(t.L));
+  for (int l = 0; l < t.L; ++l)
+    for (int k = 0; k < t.p[l].K; ++k)
+      if (t.shadow[t.offset[l] + k]) shadowed[l].push_back(k);
+  const int maxK = max_k(t);
+  std::atomic<int64_t> total{0};
+  parallel_rows(x.n, e.nthreads, [&](int64_t lo, int64_t hi) {
+    ScreenScratch s(maxK);
+    int64_t local = 0;
+    for (int64_t r = lo; r < hi; ++r)
+      local += screened_row(g16 + r * ldg, xp + r * x.ld, t, shadowed, inv_s[r], x16_norm[r], dx_norm[r],
+                            codes + r * t.L, s);
+    total += local;
+  });
+  *rescored += total.load();
+}
+
+void argmax_levels(const float* g, int64_t ldg, const core::Rows& x, const core::Tables& t, const float* inv_s,
+                   int32_t* codes, const core::Exec& e) {
+  const int maxK = max_k(t);
+  if (g != nullptr) {
+    parallel_rows(x.n, e.nthreads, [&](int64_t lo, int64_t hi) {
+      std::vector<float> buf(static_cast<size_t>(maxK));
+      for (int64_t r = lo; r < hi; ++r) {
+        int32_t* code_row = codes + r * t.L;
+        const float s = inv_s != nullptr ? inv_s[r] : 1.0f;
+        for (int l = 0; l < t.L; ++l)
+          code_row[l] = level_row(t.p[l], g + r * ldg + t.offset[l], s, code_row, buf.data());
+      }
+    });
+    return;
+  }
+  // The twin of the fp32 SIMT tiles: one fmaf per k, k ascending, per (row, column).
+  const float* xp = f32_rows(x);
+  parallel_rows(x.n, e.nthreads, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* xr = xp + r * x.ld;
+      int32_t* code_row = codes + r * t.L;
+      const float s = inv_s != nullptr ? inv_s[r] : 1.0f;
+      for (int l = 0; l < t.L; ++l) {
+        const core::LevelParams& p = t.p[l];
+        core::Best best = core::best_init();
+        for (int k = 0; k < p.K; ++k) {
+          float acc = 0.0f;
+          for (int64_t i = 0; i < x.d; ++i) acc = core::mul_add(xr[i], t.m[i * t.cols + t.offset[l] + k], acc);
+          core::best_update(best, core::column_score(p, acc, s, code_row, k), k);
+        }
+        code_row[l] = best.index;
+      }
+    }
+  });
+}
+
+void subtract_codeword(float* r, int64_t n, int64_t d, const float* C, const int32_t* codes, int L, int level,
+                       const core::Exec& e) {
+  parallel_rows(n, e.nthreads, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* c = C + static_cast<int64_t>(codes[i * L + level]) * d;
+      float* ri = r + i * d;
+      for (int64_t j = 0; j < d; ++j) ri[j] -= c[j];
+    }
+  });
+}
+
+void argmax_residual_levels(float* r, int64_t n, const core::Tables& t, const LevelGemm& gemm, int32_t* codes,
+                            const core::Exec& e) {
+  const int64_t d = t.d;
+  for (int l = 0; l < t.L; ++l) {
+    const core::LevelParams& p = t.p[l];
+    const float* C = t.c + t.offset[l] * d;
+    if (gemm) {
+      const float* g = gemm(l);
+      parallel_rows(n, e.nthreads, [&](int64_t lo, int64_t hi) {
+        std::vector<float> buf(static_cast<size_t>(p.K));
+        for (int64_t i = lo; i < hi; ++i) codes[i * t.L + l] = level_row(p, g + i * p.K, 1.0f, codes + i * t.L, buf.data());
+      });
+    } else {  // the kernels' k order against M = C^T
+      parallel_rows(n, e.nthreads, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+          core::Best best = core::best_init();
+          for (int k = 0; k < p.K; ++k) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < d; ++j) acc = core::mul_add(r[i * d + j], t.m[j * t.cols + t.offset[l] + k], acc);
+            core::best_update(best, core::column_score(p, acc, 1.0f, codes + i * t.L, k), k);
+          }
+          codes[i * t.L + l] = best.index;
+        }
+      });
+    }
+    if (l + 1 < t.L) subtract_codeword(r, n, d, C, codes, t.L, l, e);
+  }
+}
+
+void normalize_rows(float* h, int64_t n, int64_t d, bool normalize, float* inv_s, const core::Exec& e) {
+  parallel_rows(n, e.nthreads, [&](int64_t lo, int64_t hi) {
+    std::vector<float> zeros(static_cast<size_t>(d), 0.0f);
+    for (int64_t r = lo; r < hi; ++r) {
+      float* hr = h + r * d;
+      float ss[core::kWarp] = {0}, unused[core::kWarp] = {0};
+      lane_partials(hr, zeros.data(), d, ss, unused);
+      const float inv = core::inv_norm(core::butterfly_sum32(ss), 0.0f, 0.0f, normalize);
+      inv_s[r] = inv;
+      if (normalize && core::finite(inv))
+        for (int64_t i = 0; i < d; ++i) hr[i] *= inv;
+    }
+  });
+}
+
+void rotate(const core::Rows& x, const float* wt, const float* bias, bool normalize, float* h, float* inv_s,
+            const core::Exec& e) {
+  // The twin of the affine tiles: one fmaf per k, k ascending, then the bias; then normalize_rows.
+  const float* xp = f32_rows(x);
+  const int64_t d = x.d;
+  parallel_rows(x.n, e.nthreads, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* xr = xp + r * x.ld;
+      for (int64_t c = 0; c < d; ++c) {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < d; ++i) acc = core::mul_add(xr[i], wt[i * d + c], acc);
+        h[r * d + c] = acc + bias[c];
+      }
+    }
+  });
+  normalize_rows(h, x.n, d, normalize, inv_s, e);
 }
 
 namespace {
@@ -473,101 +590,6 @@ void half_to_float(const _Float16* in, int64_t n, float* out) {
 void f16_to_f32(const uint16_t* in, int64_t n, float* out, int nthreads) {
   const _Float16* h = reinterpret_cast<const _Float16*>(in);
   parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) { half_to_float(h + lo, hi - lo, out + lo); });
-}
-
-int64_t normalize_rows(float* h, int64_t n, int64_t d, int64_t ldh, bool normalize, int nthreads) {
-  std::atomic<int64_t> first_bad{-1};
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
-    std::vector<float> zeros(static_cast<size_t>(d), 0.0f);
-    for (int64_t r = lo; r < hi; ++r) {
-      float* hr = h + r * ldh;
-      float ss[core::kWarp] = {0}, unused[core::kWarp] = {0};
-      lane_partials(hr, zeros.data(), d, ss, unused);
-      float inv = core::inv_norm(core::butterfly_sum32(ss), 0.0f, 0.0f, normalize);
-      if (std::isnan(inv)) {
-        record_bad(first_bad, r);
-        continue;
-      }
-      if (normalize)
-        for (int64_t i = 0; i < d; ++i) hr[i] *= inv;
-    }
-  });
-  return first_bad.load();
-}
-
-void argmin_level(const float* g, int64_t ldg, const core::LevelParams& p, const float* inv_s, int64_t n,
-                  int32_t* codes, int nthreads) {
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
-    std::vector<float> buf(static_cast<size_t>(p.K));
-    for (int64_t r = lo; r < hi; ++r) {
-      int32_t* code_row = codes + r * p.L;
-      code_row[p.level] = level_row(p, g + r * ldg, inv_s != nullptr ? inv_s[r] : 1.0f, code_row, buf.data());
-    }
-  });
-}
-
-int64_t assign_screened(const uint16_t* g16, int64_t ldg, const float* x, int64_t n, int64_t d, const float* mt,
-                        const float* m16_norm, const float* dm_norm, const ScreenLevel* levels, int L,
-                        const float* inv_s, const float* x16_norm, const float* dx_norm, int32_t* codes,
-                        int nthreads) {
-  int maxK = 1;
-  for (int l = 0; l < L; ++l) maxK = std::max(maxK, levels[l].p.K);
-  std::atomic<int64_t> total{0};
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
-    std::vector<float> corr(static_cast<size_t>(maxK)), hib(static_cast<size_t>(maxK)), lob(static_cast<size_t>(maxK));
-    std::vector<int32_t> cand(static_cast<size_t>(maxK) + 16);
-    std::vector<float> gbuf(static_cast<size_t>(maxK));
-    int64_t local = 0;
-    for (int64_t r = lo; r < hi; ++r)
-      local += screened_row(g16 + r * ldg, x + r * d, d, mt, m16_norm, dm_norm, levels, L, inv_s[r], x16_norm[r],
-                            dx_norm[r], codes + r * L, corr.data(), hib.data(), lob.data(), cand.data(),
-                            gbuf.data());
-    total += local;
-  });
-  return total.load();
-}
-
-void subtract_codeword(float* r, int64_t n, int64_t d, int64_t ldr, const float* C, const int32_t* codes,
-                       int L, int level, int nthreads) {
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      const float* c = C + static_cast<int64_t>(codes[i * L + level]) * d;
-      float* ri = r + i * ldr;
-      for (int64_t j = 0; j < d; ++j) ri[j] -= c[j];
-    }
-  });
-}
-
-void gemm_argmin_exact(const float* a, int64_t n, int64_t d, int64_t lda, const float* b, int64_t ldb,
-                       const core::LevelParams& p, const float* inv_s, int32_t* codes, int nthreads) {
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const float* ar = a + r * lda;
-      int32_t* code_row = codes + r * p.L;
-      float s = inv_s != nullptr ? inv_s[r] : 1.0f;
-      core::Best best = core::best_init();
-      for (int k = 0; k < p.K; ++k) {
-        float acc = 0.0f;
-        for (int64_t i = 0; i < d; ++i) acc = core::mul_add(ar[i], b[i * ldb + k], acc);
-        core::best_update(best, core::column_score(p, acc, s, code_row, k), k);
-      }
-      code_row[p.level] = best.index;
-    }
-  });
-}
-
-void affine_exact(const float* x, int64_t n, int64_t d, int64_t ldx, const float* wt, const float* b, float* h,
-                  int nthreads) {
-  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const float* xr = x + r * ldx;
-      for (int64_t c = 0; c < d; ++c) {
-        float acc = 0.0f;
-        for (int64_t i = 0; i < d; ++i) acc = core::mul_add(xr[i], wt[i * d + c], acc);
-        h[r * d + c] = acc + b[c];
-      }
-    }
-  });
 }
 
 }  // namespace cpu

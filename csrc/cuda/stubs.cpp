@@ -1,4 +1,4 @@
-// Stand-ins for the CUDA launchers in a build without CUDA: no device, and a clear error on use.
+// Stand-ins for the CUDA executor in a build without CUDA: no device, and a clear error on use.
 #include <stdexcept>
 #include <string>
 
@@ -16,18 +16,23 @@ namespace {
 int device_count() { return 0; }
 std::string device_error() { return "hermes was built without CUDA"; }
 std::string runtime_version() { return ""; }
-void row_norms(const void*, int, int64_t, int64_t, int64_t, const float*, float, bool, float*, std::uintptr_t) {
+void norms_split(const core::Rows&, const core::Tables&, float*, uint16_t*, float*, float*, const core::Exec&) {
   no_cuda();
 }
-void normalize_rows(float*, int64_t, int64_t, int64_t, bool, float*, std::uintptr_t) { no_cuda(); }
-void gemm_argmin(const void*, int, int64_t, int64_t, int64_t, const float*, int64_t, const core::LevelParams&,
-                 const float*, int32_t*, std::uintptr_t) {
+void screen_rescore(const uint16_t*, int64_t, const core::Rows&, const core::Tables&, const float*, const float*,
+                    const float*, int32_t*, int64_t*, const core::Exec&) {
   no_cuda();
 }
-void affine(const void*, int, int64_t, int64_t, int64_t, const float*, const float*, float*, std::uintptr_t) {
+void argmax_levels(const float*, int64_t, const core::Rows&, const core::Tables&, const float*, int32_t*,
+                   const core::Exec&) {
   no_cuda();
 }
-void subtract_codeword(float*, int64_t, int64_t, int64_t, const float*, const int32_t*, int, int, std::uintptr_t) {
+void argmax_residual_levels(float*, int64_t, const core::Tables&, const LevelGemm&, int32_t*, const core::Exec&) {
+  no_cuda();
+}
+void rotate(const core::Rows&, const float*, const float*, bool, float*, float*, const core::Exec&) { no_cuda(); }
+void normalize_rows(float*, int64_t, int64_t, bool, float*, const core::Exec&) { no_cuda(); }
+void subtract_codeword(float*, int64_t, int64_t, const float*, const int32_t*, int, int, const core::Exec&) {
   no_cuda();
 }
 

@@ -1,4 +1,4 @@
-// Deliberately broken copies of gemm_argmin_kernel (and a spinning kernel) that the SIMT harness must catch.
+// Deliberately broken copies of gemm_argmax_kernel (and a spinning kernel) that the SIMT harness must catch.
 // Tests only: each Bug below is one line away from csrc/cuda/assign_kernels.cuh; test_simt.py asserts that
 // the emulator reports it (ASan/UBSan, deadlock, watchdog) or that the results differ from the CPU executor.
 #pragma once
@@ -52,7 +52,7 @@ __device__ __forceinline__ void tile_dot(const T* __restrict__ a, int64_t n, int
 }
 
 template <Bug kBug, typename T>
-__global__ void gemm_argmin_bug_kernel(const T* __restrict__ a, int64_t n, int64_t d, int64_t lda,
+__global__ void gemm_argmax_bug_kernel(const T* __restrict__ a, int64_t n, int64_t d, int64_t lda,
                                        const float* __restrict__ b, int64_t ldb, core::LevelParams p,
                                        const float* __restrict__ inv_s, int32_t* __restrict__ codes) {
   __shared__ float As[kTileK][kTileRows];
@@ -91,13 +91,96 @@ __global__ void gemm_argmin_bug_kernel(const T* __restrict__ a, int64_t n, int64
 }
 
 template <typename T>
-constexpr auto gemm_argmin_tail_oob_kernel = gemm_argmin_bug_kernel<Bug::kTailOob, T>;
+constexpr auto gemm_argmax_tail_oob_kernel = gemm_argmax_bug_kernel<Bug::kTailOob, T>;
 template <typename T>
-constexpr auto gemm_argmin_shared_oob_kernel = gemm_argmin_bug_kernel<Bug::kSharedOob, T>;
+constexpr auto gemm_argmax_shared_oob_kernel = gemm_argmax_bug_kernel<Bug::kSharedOob, T>;
 template <typename T>
-constexpr auto gemm_argmin_early_exit_kernel = gemm_argmin_bug_kernel<Bug::kEarlyExit, T>;
+constexpr auto gemm_argmax_early_exit_kernel = gemm_argmax_bug_kernel<Bug::kEarlyExit, T>;
 template <typename T>
-constexpr auto gemm_argmin_no_second_barrier_kernel = gemm_argmin_bug_kernel<Bug::kNoSecondBarrier, T>;
+constexpr auto gemm_argmax_no_second_barrier_kernel = gemm_argmax_bug_kernel<Bug::kNoSecondBarrier, T>;
+
+// A copy of screen_rescore_kernel whose candidate rule is hi >= bar instead of core::is_candidate (!(hi < bar)):
+// it reads the same on finite bounds, but a codeword with a NaN upper bound (a bf16 score that is NaN or
+// overflowed) is silently dropped. The bit-for-bit comparison with the CPU executor must catch it.
+template <typename T>
+__global__ void screen_rescore_nan_dropped_kernel(const uint16_t* __restrict__ g16, int64_t ldg,
+                                                  const T* __restrict__ x, int64_t n, int64_t ldx, core::Tables t,
+                                                  const float* __restrict__ inv_s, const float* __restrict__ x16_norm,
+                                                  const float* __restrict__ dx_norm, int32_t* __restrict__ codes,
+                                                  unsigned long long* __restrict__ rescored) {
+  auto candidate = [](float hi, float bar) { return hi >= bar; };  // Bug: NaN is not a candidate
+  const int lane = threadIdx.x % core::kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerNormBlock + threadIdx.x / core::kWarp;
+  if (row >= n) return;
+  const uint16_t* gr = g16 + row * ldg;
+  const T* xr = x + row * ldx;
+  const float s = inv_s[row];
+  const core::Bound e = core::row_bound(x16_norm[row], dx_norm[row], t.d);
+  int32_t code[core::kMaxLevels];
+  unsigned long long count = 0;
+  for (int l = 0; l < t.L; ++l) {
+    const core::LevelParams& p = t.p[l];
+    const int64_t off = t.offset[l];
+    core::Bar bar = core::bar_init();
+    for (int k = lane; k < p.K; k += core::kWarp) {
+      if (t.shadow[off + k]) continue;
+      float lo, hi;
+      level_bracket(t, l, gr, code, k, e, s, lo, hi);
+      core::bar_update(bar, lo, k);
+    }
+    for (int o = core::kWarp / 2; o > 0; o >>= 1) {
+      const float ol = __shfl_xor_sync(kFullMask, bar.lo, o);
+      const int32_t ok = __shfl_xor_sync(kFullMask, bar.k, o);
+      core::bar_update(bar, ol, ok);
+    }
+    int ncand = 0, first = -1;
+    for (int k0 = 0; k0 < p.K; k0 += core::kWarp) {
+      const int k = k0 + lane;
+      bool c = false;
+      if (k < p.K && !t.shadow[off + k]) {
+        float lo, hi;
+        level_bracket(t, l, gr, code, k, e, s, lo, hi);
+        c = candidate(hi, bar.lo);
+      }
+      const unsigned m = __ballot_sync(kFullMask, c);
+      if (first < 0 && m != 0u) first = k0 + __ffs(static_cast<int>(m)) - 1;
+      ncand += __popc(m);
+    }
+    if (ncand == 1) {
+      code[l] = first;
+      continue;
+    }
+    const float* mt = t.mt + off * t.d;
+    core::Best best = core::best_init();
+    auto rescore_k = [&](int k) {
+      const float dot = rescore_dot(xr, mt + static_cast<int64_t>(k) * t.d, t.d, lane);
+      core::best_update(best, core::score_from_parts(dot, p.beta[k], s, core::correction(p, code, k), p.cterm[k],
+                                                     p.metric), k);
+      ++count;
+    };
+    if (bar.k >= 0) rescore_k(bar.k);
+    const float exact = best.score;
+    for (int k0 = 0; k0 < p.K; k0 += core::kWarp) {
+      const int k = k0 + lane;
+      bool c = false;
+      if (k < p.K && !t.shadow[off + k]) {
+        float lo, hi;
+        level_bracket(t, l, gr, code, k, e, s, lo, hi);
+        c = candidate(hi, bar.lo) && (bar.k < 0 || (k != bar.k && core::reaches(hi, exact)));
+      }
+      unsigned m = __ballot_sync(kFullMask, c);
+      while (m != 0u) {
+        rescore_k(k0 + __ffs(static_cast<int>(m)) - 1);
+        m &= m - 1u;
+      }
+    }
+    code[l] = best.index;
+  }
+  if (lane == 0) {
+    for (int l = 0; l < t.L; ++l) codes[row * t.L + l] = code[l];
+    if (count != 0u) atomicAdd(rescored, count);
+  }
+}
 
 // Intra-block spin-wait: thread 0 waits for a flag that thread 1 sets. Cooperative fibers never preempt,
 // so this hangs; the watchdog must turn it into an error naming the block and thread.

@@ -5,9 +5,12 @@
 // Usage: simt_driver COMMAND key=value ...      one kernel launch
 //        simt_driver script FILE                 one command per line (# comments), run in order
 // Commands (arrays are raw little-endian files; "none" passes a null pointer):
-//   row_norms      dtype x n d ldx wtb bb normalize out_inv
+//   norms_split    dtype x n d ldx wtb bb normalize out_inv [out_x16 out_xn out_dxn]   (x16: bf16 bits)
+//   screen_rescore dtype x n d ldx g16 ldg levels=K0,K1,.. metric beta cterm T mt m16n dmn shadow inv xn dxn
+//                  out_codes out_count [variant=ok|nan_dropped]      (T: l=1 j=0, l=2 j=0, l=2 j=1, ... files)
+//   argmax_levels  g n ldg levels metric beta cterm T inv out_codes     (the fp32 epilogue over a given g)
 //   normalize_rows h n d ldh normalize out_h out_inv
-//   gemm_argmin    dtype a n d lda b b_off ldb K level L metric beta beta_off cterm T inv codes out_codes
+//   gemm_argmax    dtype a n d lda b b_off ldb K level L metric beta beta_off cterm T inv codes out_codes
 //                  [variant=ok|tail_oob|shared_oob|early_exit|no_second_barrier]   (T: comma-separated files)
 //   affine         dtype x n d ldx wt bias out_h
 //   subtract_codeword r n d ldr C codes L level out_r [grid=G block=B]
@@ -114,22 +117,122 @@ size_t dtype_size(int dtype) { return dtype == hermes::core::kF32 ? 4 : 2; }
 
 unsigned grid_1d(int64_t work, int64_t per_block) { return static_cast<unsigned>((work + per_block - 1) / per_block); }
 
-void cmd_row_norms(const Args& a) {
+void cmd_norms_split(const Args& a) {
   const int dt = dtype_code(a.str("dtype"));
   const int64_t n = a.i64("n"), d = a.i64("d"), ldx = a.i64("ldx");
   Buf x = load(a.str("x"), dtype_size(dt), span(n, d, ldx), "x");
   Buf wtb = load(a.str("wtb"), 4, d, "wtb");
   Buf inv = alloc(4 * n);
+  const bool split = a.has("out_x16");
+  Buf x16 = split ? alloc(2 * n * d) : Buf{};
+  Buf xn = a.has("out_xn") ? alloc(4 * n) : Buf{};
+  Buf dxn = a.has("out_dxn") ? alloc(4 * n) : Buf{};
   if (n > 0) {
     dispatch(dt, [&](auto tag) {
       using T = decltype(tag);
-      simt::set_kernel_name("row_norms_kernel");
+      simt::set_kernel_name("norms_split_kernel");
       simt::launch(grid_1d(n, k::kRowsPerNormBlock), k::kRowsPerNormBlock * hermes::core::kWarp,
-                   k::row_norms_kernel<T>, x.as<const T>(), n, d, ldx, wtb.as<const float>(), a.f32("bb"),
-                   a.i64("normalize") != 0, inv.as<float>());
+                   k::norms_split_kernel<T>, x.as<const T>(), n, d, ldx, wtb.as<const float>(), a.f32("bb"),
+                   a.i64("normalize") != 0, inv.as<float>(), split ? x16.as<uint16_t>() : nullptr,
+                   a.has("out_xn") ? xn.as<float>() : nullptr, a.has("out_dxn") ? dxn.as<float>() : nullptr);
     });
   }
   save(a.str("out_inv"), inv.data.get(), inv.bytes);
+  if (split) save(a.str("out_x16"), x16.data.get(), x16.bytes);
+  if (a.has("out_xn")) save(a.str("out_xn"), xn.data.get(), xn.bytes);
+  if (a.has("out_dxn")) save(a.str("out_dxn"), dxn.data.get(), dxn.bytes);
+}
+
+std::vector<std::string> split(const std::string& s, char sep);
+
+// The model tables of screen_rescore / argmax_levels from files; `bufs` keeps them alive.
+hermes::core::Tables load_tables(const Args& a, int64_t d, bool screen, std::vector<Buf>& bufs) {
+  hermes::core::Tables t;
+  std::vector<int> Ks;
+  for (const auto& k : split(a.str("levels"), ',')) Ks.push_back(std::stoi(k));
+  t.L = static_cast<int>(Ks.size());
+  if (t.L < 1 || t.L > hermes::core::kMaxLevels) die("levels must hold 1 to 8 sizes");
+  t.d = d;
+  for (int l = 0; l < t.L; ++l) t.offset[l + 1] = t.offset[l] + Ks[l];
+  t.cols = t.offset[t.L];
+  auto keep = [&](Buf b) -> const void* {
+    bufs.push_back(std::move(b));
+    return bufs.back().data.get();
+  };
+  const float* beta = static_cast<const float*>(keep(load(a.str("beta"), 4, t.cols, "beta")));
+  const float* cterm = static_cast<const float*>(keep(load(a.str("cterm"), 4, t.cols, "cterm")));
+  std::vector<std::string> Tf = a.has("T") ? split(a.str("T"), ',') : std::vector<std::string>{};
+  if (static_cast<int>(Tf.size()) != t.L * (t.L - 1) / 2) die("T must name one file per (l, j < l)");
+  size_t ti = 0;
+  for (int l = 0; l < t.L; ++l) {
+    hermes::core::LevelParams& p = t.p[l];
+    p.K = Ks[l];
+    p.level = l;
+    p.L = t.L;
+    p.metric = static_cast<int>(a.i64("metric"));
+    p.beta = beta + t.offset[l];
+    p.cterm = cterm + t.offset[l];
+    for (int j = 0; j < l; ++j)
+      p.T[j] = static_cast<const float*>(keep(load(Tf[ti++], 4, static_cast<size_t>(Ks[j]) * Ks[l], "T")));
+  }
+  if (screen) {
+    t.mt = static_cast<const float*>(keep(load(a.str("mt"), 4, t.cols * d, "mt")));
+    t.m16_norm = static_cast<const float*>(keep(load(a.str("m16n"), 4, t.cols, "m16n")));
+    t.dm_norm = static_cast<const float*>(keep(load(a.str("dmn"), 4, t.cols, "dmn")));
+    t.shadow = static_cast<const uint8_t*>(keep(load(a.str("shadow"), 1, t.cols, "shadow")));
+  }
+  return t;
+}
+
+template <class T>
+using ScreenKernel = void (*)(const uint16_t*, int64_t, const T*, int64_t, int64_t, hermes::core::Tables,
+                              const float*, const float*, const float*, int32_t*, unsigned long long*);
+
+void cmd_screen_rescore(const Args& a) {
+  const int dt = dtype_code(a.str("dtype"));
+  const int64_t n = a.i64("n"), d = a.i64("d"), ldx = a.i64("ldx"), ldg = a.i64("ldg");
+  std::vector<Buf> bufs;
+  const hermes::core::Tables t = load_tables(a, d, true, bufs);
+  Buf x = load(a.str("x"), dtype_size(dt), span(n, d, ldx), "x");
+  Buf g16 = load(a.str("g16"), 2, span(n, t.cols, ldg), "g16");
+  Buf inv = load(a.str("inv"), 4, n, "inv"), xn = load(a.str("xn"), 4, n, "xn"), dxn = load(a.str("dxn"), 4, n, "dxn");
+  Buf codes = alloc(4 * n * t.L);
+  Buf count = alloc(8);
+  *count.as<unsigned long long>() = 0;
+  const std::string variant = a.kv.count("variant") ? a.str("variant") : "ok";
+  if (n > 0) {
+    dispatch(dt, [&](auto tag) {
+      using T = decltype(tag);
+      ScreenKernel<T> kern = k::screen_rescore_kernel<T>;
+      if (variant == "nan_dropped")
+        kern = broken::screen_rescore_nan_dropped_kernel<T>;
+      else if (variant != "ok")
+        die("unknown screen_rescore variant " + variant);
+      simt::set_kernel_name(variant == "ok" ? "screen_rescore_kernel" : "screen_rescore_kernel (broken variant)");
+      simt::launch(grid_1d(n, k::kRowsPerNormBlock), k::kRowsPerNormBlock * hermes::core::kWarp, kern,
+                   g16.as<const uint16_t>(), ldg, x.as<const T>(), n, ldx, t, inv.as<const float>(),
+                   xn.as<const float>(), dxn.as<const float>(), codes.as<int32_t>(),
+                   count.as<unsigned long long>());
+    });
+  }
+  save(a.str("out_codes"), codes.data.get(), codes.bytes);
+  save(a.str("out_count"), count.data.get(), count.bytes);
+}
+
+void cmd_argmax_levels(const Args& a) {
+  const int64_t n = a.i64("n"), ldg = a.i64("ldg");
+  std::vector<Buf> bufs;
+  const hermes::core::Tables t = load_tables(a, 0, false, bufs);
+  Buf g = load(a.str("g"), 4, span(n, t.cols, ldg), "g");
+  Buf inv = a.has("inv") ? load(a.str("inv"), 4, n, "inv") : Buf{};
+  Buf codes = alloc(4 * n * t.L);
+  if (n > 0) {
+    simt::set_kernel_name("argmax_levels_kernel");
+    simt::launch(grid_1d(n, k::kRowsPerNormBlock), k::kRowsPerNormBlock * hermes::core::kWarp,
+                 k::argmax_levels_kernel, g.as<const float>(), ldg, n, t, 0, t.L,
+                 a.has("inv") ? inv.as<const float>() : static_cast<const float*>(nullptr), codes.as<int32_t>());
+  }
+  save(a.str("out_codes"), codes.data.get(), codes.bytes);
 }
 
 void cmd_normalize_rows(const Args& a) {
@@ -160,15 +263,15 @@ using GemmKernel = void (*)(const T*, int64_t, int64_t, int64_t, const float*, i
 
 template <class T>
 GemmKernel<T> gemm_variant(const std::string& v) {
-  if (v == "ok") return k::gemm_argmin_kernel<T>;
-  if (v == "tail_oob") return broken::gemm_argmin_tail_oob_kernel<T>;
-  if (v == "shared_oob") return broken::gemm_argmin_shared_oob_kernel<T>;
-  if (v == "early_exit") return broken::gemm_argmin_early_exit_kernel<T>;
-  if (v == "no_second_barrier") return broken::gemm_argmin_no_second_barrier_kernel<T>;
-  die("unknown gemm_argmin variant " + v);
+  if (v == "ok") return k::gemm_argmax_kernel<T>;
+  if (v == "tail_oob") return broken::gemm_argmax_tail_oob_kernel<T>;
+  if (v == "shared_oob") return broken::gemm_argmax_shared_oob_kernel<T>;
+  if (v == "early_exit") return broken::gemm_argmax_early_exit_kernel<T>;
+  if (v == "no_second_barrier") return broken::gemm_argmax_no_second_barrier_kernel<T>;
+  die("unknown gemm_argmax variant " + v);
 }
 
-void cmd_gemm_argmin(const Args& a) {
+void cmd_gemm_argmax(const Args& a) {
   const int dt = dtype_code(a.str("dtype"));
   const int64_t n = a.i64("n"), d = a.i64("d"), lda = a.i64("lda"), ldb = a.i64("ldb");
   const int64_t b_off = a.i64_or("b_off", 0), beta_off = a.i64_or("beta_off", 0);
@@ -184,7 +287,7 @@ void cmd_gemm_argmin(const Args& a) {
   if (a.has("T"))
     for (const auto& path : split(a.str("T"), ',')) T.push_back(load(path, 4, K, "T"));
   if (level < 0 || level >= L || L > hermes::core::kMaxLevels || static_cast<int>(T.size()) > level)
-    die("gemm_argmin: bad level/L/T");
+    die("gemm_argmax: bad level/L/T");
   LevelParams p{};
   p.K = K;
   p.level = level;
@@ -197,7 +300,7 @@ void cmd_gemm_argmin(const Args& a) {
   if (n > 0) {
     dispatch(dt, [&](auto tag) {
       using TT = decltype(tag);
-      simt::set_kernel_name(variant == "ok" ? "gemm_argmin_kernel" : "gemm_argmin_kernel (broken variant)");
+      simt::set_kernel_name(variant == "ok" ? "gemm_argmax_kernel" : "gemm_argmax_kernel (broken variant)");
       simt::launch(grid_1d(n, k::kTileRows), dim3(k::kThreadsX, k::kThreadsY), gemm_variant<TT>(variant),
                    A.as<const TT>(), n, d, lda, B.as<const float>() + b_off, ldb, p,
                    a.has("inv") ? inv.as<const float>() : static_cast<const float*>(nullptr), codes.as<int32_t>());
@@ -291,9 +394,11 @@ void cmd_selftest(const Args&) {
 }
 
 void run(const Args& a) {
-  if (a.cmd == "row_norms") return cmd_row_norms(a);
+  if (a.cmd == "norms_split") return cmd_norms_split(a);
+  if (a.cmd == "screen_rescore") return cmd_screen_rescore(a);
+  if (a.cmd == "argmax_levels") return cmd_argmax_levels(a);
   if (a.cmd == "normalize_rows") return cmd_normalize_rows(a);
-  if (a.cmd == "gemm_argmin") return cmd_gemm_argmin(a);
+  if (a.cmd == "gemm_argmax") return cmd_gemm_argmax(a);
   if (a.cmd == "affine") return cmd_affine(a);
   if (a.cmd == "subtract_codeword") return cmd_subtract_codeword(a);
   if (a.cmd == "to_float") return cmd_to_float(a);

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import hermes
+from hermes import assign as A
 from hermes._backend import _C
 
 pytestmark = pytest.mark.simt
@@ -31,6 +32,7 @@ REPO = HERE.parents[1]
 SOURCES = [
     HERE / "driver.cpp", HERE / "simt" / "simt.h", HERE / "broken_kernels.h", HERE / "selftest_kernels.h",
     REPO / "csrc" / "cuda" / "assign_kernels.cuh", REPO / "csrc" / "core" / "hermes_core.h",
+    REPO / "csrc" / "core" / "screen.h",
 ]
 # -ffp-contract=off as in the CPU build: every fused multiply-add in the kernels is an explicit fmaf.
 CXXFLAGS = ["-std=c++17", "-O1", "-g", "-fno-omit-frame-pointer", "-ffp-contract=off",
@@ -164,9 +166,15 @@ def make_model(rng, d, levels, metric, normalize, orthogonal):
     return m
 
 
+def norms_tables(d, wtb, bb, normalize):
+    """Tables holding only what norms_split reads (W^T b, ||b||^2, normalize)."""
+    return _C.Tables([1], _C.METRIC_L2, normalize, bb, m=np.zeros((d, 1), np.float32), cterm=np.ones(1, np.float32),
+                     wtb=wtb)
+
+
 # ----------------------------------------------------------------------------- the pipelines
 def folded_case(driver, tmp, n, d, levels, metric, dtype, normalize=True, pad=0, seed=0, env=None):
-    """row_norms + one gemm_argmin per level, as hermes/assign.py drives them for an orthogonal W."""
+    """row_norms + one gemm_argmax per level, as hermes/assign.py drives them for an orthogonal W."""
     rng = np.random.default_rng(seed)
     model = make_model(rng, d, levels, metric, normalize, orthogonal=True)
     t = model._host_tables()
@@ -178,7 +186,7 @@ def folded_case(driver, tmp, n, d, levels, metric, dtype, normalize=True, pad=0,
     t.beta.tofile(tmp / "beta.bin")
     np.zeros((n, L), np.int32).tofile(tmp / "codes0.bin")
     bb = float(np.float32(t.bb))
-    lines = [f"row_norms dtype={dtype} x={tmp}/x.bin n={n} d={d} ldx={ldx} wtb={tmp}/wtb.bin bb={bb!r} "
+    lines = [f"norms_split dtype={dtype} x={tmp}/x.bin n={n} d={d} ldx={ldx} wtb={tmp}/wtb.bin bb={bb!r} "
              f"normalize={int(normalize)} out_inv={tmp}/inv.bin"]
     for l, K in enumerate(levels):
         o = t.offsets[l]
@@ -187,26 +195,27 @@ def folded_case(driver, tmp, n, d, levels, metric, dtype, normalize=True, pad=0,
         for j, Tj in enumerate(t.T[l]):
             Tj.tofile(tmp / f"T{l}_{j}.bin")
             tpaths.append(f"{tmp}/T{l}_{j}.bin")
-        lines.append(f"gemm_argmin dtype={dtype} a={tmp}/x.bin n={n} d={d} lda={ldx} b={tmp}/M.bin b_off={o} "
+        lines.append(f"gemm_argmax dtype={dtype} a={tmp}/x.bin n={n} d={d} lda={ldx} b={tmp}/M.bin b_off={o} "
                      f"ldb={t.M.shape[1]} K={K} level={l} L={L} metric={mcode} beta={tmp}/beta.bin beta_off={o} "
                      f"cterm={tmp}/cterm{l}.bin T={','.join(tpaths) or 'none'} inv={tmp}/inv.bin "
                      f"codes={tmp}/codes{l}.bin out_codes={tmp}/codes{l + 1}.bin")
     run_driver(driver, lines, tmp, env=env)
 
+    tab, _ = A._exec_tables(model, "cpu", False)
     inv = np.empty(n, np.float32)
-    _C.row_norms_cpu(x32, t.wtb, t.bb, normalize, inv, NT)
-    assert_bits_equal(read(tmp / "inv.bin", np.float32, n), inv, "row_norms_kernel inv_s")
+    _C.norms_split(x32, tab, inv, nthreads=NT)
+    assert_bits_equal(read(tmp / "inv.bin", np.float32, n), inv, "norms_split_kernel inv_s")
     codes = np.zeros((n, L), np.int32)
+    _C.argmax_levels(None, x32, tab, inv, codes, nthreads=NT)  # the twin: all levels in one call
     for l, K in enumerate(levels):
-        o = t.offsets[l]
-        _C.gemm_argmin_exact_cpu(x32, t.M, o, K, l, mcode, t.beta[o:o + K], t.cterm[l], t.T[l], inv, codes, NT)
         got = read(tmp / f"codes{l + 1}.bin", np.int32, (n, L))
-        np.testing.assert_array_equal(got, codes, err_msg=f"gemm_argmin_kernel codes, folded path, level {l}")
+        np.testing.assert_array_equal(got[:, :l + 1], codes[:, :l + 1],
+                                      err_msg=f"gemm_argmax_kernel codes, folded path, level {l}")
     return codes
 
 
 def explicit_case(driver, tmp, n, d, levels, metric, dtype, normalize=True, pad=0, seed=0, env=None):
-    """affine + normalize_rows + per level gemm_argmin and subtract_codeword, as for a general W."""
+    """affine + normalize_rows + per level gemm_argmax and subtract_codeword, as for a general W."""
     rng = np.random.default_rng(seed)
     model = make_model(rng, d, levels, metric, normalize, orthogonal=False)
     t = model._host_tables()
@@ -225,7 +234,7 @@ def explicit_case(driver, tmp, n, d, levels, metric, dtype, normalize=True, pad=
         o = t.offsets[l]
         t.cterm[l].tofile(tmp / f"cterm{l}.bin")
         t.C[l].tofile(tmp / f"C{l}.bin")
-        lines.append(f"gemm_argmin dtype=f32 a={tmp}/r{l}.bin n={n} d={d} lda={d} b={tmp}/Ct.bin b_off={o} "
+        lines.append(f"gemm_argmax dtype=f32 a={tmp}/r{l}.bin n={n} d={d} lda={d} b={tmp}/Ct.bin b_off={o} "
                      f"ldb={t.Ct.shape[1]} K={K} level={l} L={L} metric={mcode} beta=none cterm={tmp}/cterm{l}.bin "
                      f"T=none inv=none codes={tmp}/codes{l}.bin out_codes={tmp}/codes{l + 1}.bin")
         if l + 1 < L:
@@ -233,23 +242,25 @@ def explicit_case(driver, tmp, n, d, levels, metric, dtype, normalize=True, pad=
                          f"codes={tmp}/codes{l + 1}.bin L={L} level={l} out_r={tmp}/r{l + 1}.bin")
     run_driver(driver, lines, tmp, env=env)
 
-    h = np.empty((n, d), np.float32)
-    _C.affine_exact_cpu(x32, t.wt, t.bias, h, NT)
+    h, inv_cpu = np.empty((n, d), np.float32), np.empty(n, np.float32)
+    _C.rotate(x32, t.wt, t.bias, False, h, inv_cpu, nthreads=NT)  # normalize=False: x W^T + b alone
     assert_bits_equal(read(tmp / "h_affine.bin", np.float32, (n, d)), h, "affine_kernel h")
-    assert _C.normalize_rows_cpu(h, normalize, NT) == -1
+    _C.normalize_rows(h, normalize, inv_cpu, nthreads=NT)
+    assert not np.isnan(inv_cpu).any()
     assert_bits_equal(read(tmp / "r0.bin", np.float32, (n, d)), h, "normalize_rows_kernel h")
     inv = read(tmp / "inv.bin", np.float32, n)
+    assert_bits_equal(inv, inv_cpu, "normalize_rows_kernel inv_s")
     assert np.isfinite(inv).all() and (not normalize or np.all(inv > 0)) and (normalize or np.all(inv == 1))
+    tab, _ = A._exec_tables(model, "cpu", False)
     codes = np.zeros((n, L), np.int32)
+    _C.argmax_residual_levels(h, tab, None, codes, nthreads=NT)  # the twin: all levels, residuals updated in place
     for l, K in enumerate(levels):
-        o = t.offsets[l]
-        _C.gemm_argmin_exact_cpu(h, t.Ct, o, K, l, mcode, None, t.cterm[l], [], None, codes, NT)
         got = read(tmp / f"codes{l + 1}.bin", np.int32, (n, L))
-        np.testing.assert_array_equal(got, codes, err_msg=f"gemm_argmin_kernel codes, explicit path, level {l}")
-        if l + 1 < L:
-            _C.subtract_codeword_cpu(h, t.C[l], codes, l, NT)
-            assert_bits_equal(read(tmp / f"r{l + 1}.bin", np.float32, (n, d)), h,
-                              f"subtract_codeword_kernel residual after level {l}")
+        np.testing.assert_array_equal(got[:, :l + 1], codes[:, :l + 1],
+                                      err_msg=f"gemm_argmax_kernel codes, explicit path, level {l}")
+    if L > 1:
+        assert_bits_equal(read(tmp / f"r{L - 1}.bin", np.float32, (n, d)), h,
+                          "subtract_codeword_kernel residual before the last level")
     return codes
 
 
@@ -306,10 +317,10 @@ def test_row_norms_kernel(driver, tmp_path, dtype, normalize):
         tag = f"{n}_{d}"
         write_strided(tmp_path / f"x{tag}.bin", store, d + 5)
         wtb.tofile(tmp_path / f"wtb{tag}.bin")
-        lines.append(f"row_norms dtype={dtype} x={tmp_path}/x{tag}.bin n={n} d={d} ldx={d + 5} "
+        lines.append(f"norms_split dtype={dtype} x={tmp_path}/x{tag}.bin n={n} d={d} ldx={d + 5} "
                      f"wtb={tmp_path}/wtb{tag}.bin bb={bb!r} normalize={int(normalize)} out_inv={tmp_path}/inv{tag}.bin")
         inv = np.empty(n, np.float32)
-        _C.row_norms_cpu(x32, wtb, bb, normalize, inv, NT)
+        _C.norms_split(x32, norms_tables(d, wtb, bb, normalize), inv, nthreads=NT)
         want[tag] = inv
     run_driver(driver, lines, tmp_path)
     for tag, inv in want.items():
@@ -332,8 +343,9 @@ def test_normalize_rows_kernel(driver, tmp_path, normalize):
         lines.append(f"normalize_rows h={tmp_path}/h{tag}.bin n={n} d={d} ldh={ldh} normalize={int(normalize)} "
                      f"out_h={tmp_path}/out{tag}.bin out_inv={tmp_path}/inv{tag}.bin")
         ref = h.copy()
-        bad = _C.normalize_rows_cpu(ref, normalize, NT)
-        assert bad == (2 if n >= 4 else -1)
+        inv_ref = np.empty(n, np.float32)
+        _C.normalize_rows(ref, normalize, inv_ref, nthreads=NT)
+        assert np.flatnonzero(np.isnan(inv_ref)).tolist() == ([2, 3] if n >= 4 else [])
         want[tag] = (ref, n, d, ldh)
     run_driver(driver, lines, tmp_path)
     for tag, (ref, n, d, ldh) in want.items():
@@ -363,7 +375,7 @@ def test_affine_kernel(driver, tmp_path, dtype):
         lines.append(f"affine dtype={dtype} x={tmp_path}/x{tag}.bin n={n} d={d} ldx={d + 1} wt={tmp_path}/wt{tag}.bin "
                      f"bias={tmp_path}/b{tag}.bin out_h={tmp_path}/h{tag}.bin")
         h = np.empty((n, d), np.float32)
-        _C.affine_exact_cpu(x32, wt, bias, h, NT)
+        _C.rotate(x32, wt, bias, False, h, np.empty(n, np.float32), nthreads=NT)
         want[tag] = h
     run_driver(driver, lines, tmp_path)
     for tag, h in want.items():
@@ -388,7 +400,7 @@ def test_subtract_codeword_kernel(driver, tmp_path, grid, block):
         lines.append(f"subtract_codeword r={tmp_path}/r{tag}.bin n={n} d={d} ldr={ldr} C={tmp_path}/C{tag}.bin "
                      f"codes={tmp_path}/codes{tag}.bin L={L} level={level} out_r={tmp_path}/out{tag}.bin" + launch)
         ref = r.copy()
-        _C.subtract_codeword_cpu(ref, C, codes, level, NT)
+        _C.subtract_codeword(ref, C, codes, level, nthreads=NT)
         want[tag] = (ref, n, d, ldr)
     run_driver(driver, lines, tmp_path)
     for tag, (ref, n, d, ldr) in want.items():
@@ -440,7 +452,7 @@ def test_16bit_conversions_are_exact(driver, tmp_path, dtype):
 
 # ----------------------------------------------------------------- the harness catches real bugs
 def _gemm_line(tmp, n, d, K, variant, dtype="f32"):
-    return (f"gemm_argmin dtype={dtype} a={tmp}/a.bin n={n} d={d} lda={d} b={tmp}/b.bin b_off=0 ldb={K} K={K} "
+    return (f"gemm_argmax dtype={dtype} a={tmp}/a.bin n={n} d={d} lda={d} b={tmp}/b.bin b_off=0 ldb={K} K={K} "
             f"level=0 L=1 metric=0 beta=none cterm={tmp}/ct.bin T=none inv=none codes={tmp}/codes.bin "
             f"out_codes={tmp}/out_{variant}.bin variant={variant}")
 
@@ -455,7 +467,7 @@ def _gemm_inputs(tmp, n, d, K, seed=8):
     ct.tofile(tmp / "ct.bin")
     np.zeros((n, 1), np.int32).tofile(tmp / "codes.bin")
     want = np.zeros((n, 1), np.int32)
-    _C.gemm_argmin_exact_cpu(a, b, 0, K, 0, 0, None, ct, [], None, want, NT)
+    _C.argmax_levels(None, a, _C.Tables([K], _C.METRIC_L2, False, 0.0, m=b, cterm=ct), None, want, nthreads=NT)
     return want
 
 
@@ -523,3 +535,155 @@ def test_misused_barriers_and_shuffles_are_refused(driver, tmp_path, what, messa
     """CUDA leaves these undefined (hangs or garbage on a GPU); the emulator stops with a message."""
     p = run_driver(driver, [f"misuse what={what}"], tmp_path, check=False, timeout=60)
     assert p.returncode != 0 and message in p.stderr, p.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ the tensor-core screen, CPU = CUDA
+def _write_tables(tmp, model, t, tag=""):
+    """Writes the screen's tables (as hermes/assign.py builds them) and returns the driver arguments naming them."""
+    st = A._screen_tables(model, t)
+    paths = {}
+    for name, arr in (("beta", t.beta), ("cterm", np.concatenate(t.cterm)), ("mt", st["Mt"]),
+                      ("m16n", st["m16_norm"]), ("dmn", st["dm_norm"]), ("shadow", st["shadow"])):
+        paths[name] = tmp / f"{name}{tag}.bin"
+        np.ascontiguousarray(arr).tofile(paths[name])
+    tfiles = []
+    for l in range(model.L):
+        for j, Tj in enumerate(t.T[l]):
+            tfiles.append(tmp / f"T{tag}_{l}_{j}.bin")
+            Tj.tofile(tfiles[-1])
+    mcode = {"l2": 0, "cos": 1}[model.metric]
+    return (f"levels={','.join(map(str, model.levels))} metric={mcode} beta={paths['beta']} cterm={paths['cterm']} "
+            f"T={','.join(map(str, tfiles)) or 'none'} mt={paths['mt']} m16n={paths['m16n']} dmn={paths['dmn']} "
+            f"shadow={paths['shadow']}")
+
+
+def screen_case(driver, tmp, n, d, levels, metric, dtype, pad=0, seed=0, poison=True, variant="ok", env=None):
+    """norms_split + (torch's bf16 GEMM, poisoned with NaN/Inf in places) + screen_rescore, emulated, against the
+    CPU executor fed the same g16: x16 and the norms as bits, the codes and the rescored count exactly."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    model = make_model(rng, d, levels, metric, True, orthogonal=True)
+    t = model._host_tables()
+    store, x32 = make_x(rng, n, d, dtype)
+    if n >= 8:  # rows on a codeword's direction, and between two codewords: ties and near-ties to rescore
+        M = t.M[:, :levels[0]]
+        x32[5] = (M[:, 0] + M[:, 1]) / 2 * 3.0
+        x32[6] = M[:, 2] * 2.0
+        store, x32 = to_storage(x32, dtype)
+    ldx = d + pad
+    write_strided(tmp / "x.bin", store, ldx)
+    t.wtb.tofile(tmp / "wtb.bin")
+    bb = float(np.float32(t.bb))
+    split = dtype != "bf16"
+    lines = [f"norms_split dtype={dtype} x={tmp}/x.bin n={n} d={d} ldx={ldx} wtb={tmp}/wtb.bin bb={bb!r} normalize=1 "
+             f"out_inv={tmp}/inv.bin out_xn={tmp}/xn.bin out_dxn={tmp}/dxn.bin" +
+             (f" out_x16={tmp}/x16.bin" if split else "")]
+    run_driver(driver, lines, tmp, env=env)
+
+    tab, M16 = A._exec_tables(model, "cpu", True)
+    inv, x16 = np.empty(n, np.float32), np.empty((n, d), np.int16)
+    xn, dxn = np.empty(n, np.float32), np.empty(n, np.float32)
+    _C.norms_split(x32, tab, inv, x16, xn, dxn, nthreads=NT)
+    assert_bits_equal(read(tmp / "inv.bin", np.float32, n), inv, "norms_split_kernel inv_s")
+    assert_bits_equal(read(tmp / "xn.bin", np.float32, n), xn, "norms_split_kernel ||x16||")
+    assert_bits_equal(read(tmp / "dxn.bin", np.float32, n), dxn, "norms_split_kernel ||dx||")
+    if split:
+        np.testing.assert_array_equal(read(tmp / "x16.bin", np.int16, (n, d)), x16, "norms_split_kernel x16 bits")
+    else:  # a bf16 input is its own split
+        np.testing.assert_array_equal(x16, store.view(np.int16))
+        assert not dxn.any()
+    g16 = (torch.from_numpy(x16).view(torch.bfloat16) @ M16).view(torch.int16).numpy().copy()
+    if poison and n >= 4:
+        nan, inf = np.int16(0x7FC0), np.int16(0x7F80)
+        g16[0, 0] = nan                                   # a NaN bound at level 0
+        g16[1, :levels[0]] = nan                          # every bound of level 0 NaN: all rescored
+        g16[2, t.offsets[-2]] = inf                       # an overflowed score at the last level
+        g16[3, rng.integers(0, t.offsets[-1], 3)] = nan   # anywhere
+    ldg = t.offsets[-1] + 3
+    write_strided(tmp / "g16.bin", g16.view(np.uint16), ldg)
+    inv.tofile(tmp / "inv_cpu.bin")
+    xn.tofile(tmp / "xn_cpu.bin")
+    dxn.tofile(tmp / "dxn_cpu.bin")
+    lines = [f"screen_rescore dtype={dtype} x={tmp}/x.bin n={n} d={d} ldx={ldx} g16={tmp}/g16.bin ldg={ldg} "
+             f"{_write_tables(tmp, model, t)} inv={tmp}/inv_cpu.bin xn={tmp}/xn_cpu.bin dxn={tmp}/dxn_cpu.bin "
+             f"out_codes={tmp}/codes.bin out_count={tmp}/count.bin variant={variant}"]
+    run_driver(driver, lines, tmp, env=env)
+    codes, rescored = np.zeros((n, len(levels)), np.int32), np.zeros(1, np.int64)
+    _C.screen_rescore(g16, x32, tab, inv, xn, dxn, codes, rescored, nthreads=NT)
+    got = read(tmp / "codes.bin", np.int32, (n, len(levels)))
+    count = int(np.fromfile(tmp / "count.bin", np.int64)[0])
+    return got, codes, count, int(rescored[0]), model, x32
+
+
+SCREEN_CASES = [dict(n=n, d=d, levels=lv, metric=m, dtype=dt, pad=p)
+                for i, (n, d, lv, m, dt, p) in enumerate([
+                    (0, 7, (5,), "l2", "f32", 0), (1, 37, (70, 5), "cos", "f16", 2), (31, 7, (130, 64, 5), "l2", "bf16", 1),
+                    (33, 37, (5, 130, 70, 33), "cos", "f32", 0), (257, 37, (130, 70), "l2", "f16", 3),
+                    (257, 7, (33, 70, 130), "cos", "bf16", 0), (257, 37, (70, 33, 5, 130), "l2", "f32", 1),
+                    (33, 7, (64,), "cos", "f16", 0)])]
+
+
+@pytest.mark.parametrize("case", SCREEN_CASES, ids=lambda c: f"n{c['n']}-d{c['d']}-{c['dtype']}-{c['metric']}-L{len(c['levels'])}")
+def test_screen_rescore_kernel_equals_cpu_screen(driver, tmp_path, case):
+    """The CUDA screen (norms + split, screen + rescore) and the CPU screen on the same g16: the same codes and
+    the same number of rescored dot products, bit for bit, NaN/Inf bounds and duplicate codewords included."""
+    got, want, count, want_count, model, x32 = screen_case(driver, tmp_path, **case, seed=zlib.crc32(repr(case).encode()))
+    np.testing.assert_array_equal(got, want, err_msg="screen_rescore_kernel codes differ from the CPU screen's")
+    assert count == want_count, f"rescored {count} dot products, the CPU screen {want_count}"
+    if case["n"] >= 33:
+        assert count > 0, "the case never rescored: it would not test the rescoring order"
+        ref = A.assign_codes(x32, model, precision="fp32")
+        # NaN rows 0-3 aside (their bounds are poisoned but rescoring keeps them exact), the screen is exact:
+        assert (got != ref).any(axis=1).mean() <= 0.02
+    shadow = A._screen_tables(model, model._host_tables())["shadow"]
+    for l in range(model.L):  # a duplicate codeword never wins (the lowest-index rule)
+        assert not shadow[model._host_tables().offsets[l] + got[:, l]].any()
+
+
+def test_screen_rescore_schedules(driver, tmp_path):
+    """The fibers' order is free: a race on the warp's exchanges would change the codes."""
+    for schedule in ("reverse", "random:3"):
+        got, want, count, want_count, *_ = screen_case(driver, tmp_path, 257, 37, (130, 70), "cos", "f32", pad=1,
+                                                       seed=4, env={"SIMT_SCHEDULE": schedule})
+        np.testing.assert_array_equal(got, want)
+        assert count == want_count
+
+
+def test_broken_screen_candidate_rule_is_caught(driver, tmp_path):
+    """A screen kernel whose candidate rule is hi >= bar drops codewords with NaN bounds: on the poisoned g16
+    its codes differ from the CPU screen's, while the correct kernel on the same inputs agrees. (One level: with
+    more, the row whose bounds are all NaN gets code -1 and the next level's cross-table read is out of bounds,
+    which ASan reports instead.)"""
+    got, want, *_ = screen_case(driver, tmp_path, 33, 37, (70,), "l2", "f32", seed=12)
+    np.testing.assert_array_equal(got, want)
+    bad, want2, *_ = screen_case(driver, tmp_path, 33, 37, (70,), "l2", "f32", seed=12, variant="nan_dropped")
+    np.testing.assert_array_equal(want2, want)
+    assert (bad != want).any(), "the broken candidate rule went unnoticed"
+
+
+def test_argmax_levels_kernel_equals_cpu_epilogue(driver, tmp_path):
+    """The fp32 argmax epilogue over a given g (warp per row, levels in order) against the CPU's, bit for bit."""
+    lines, want = [], {}
+    for i, (n, d, levels, metric) in enumerate([(0, 7, (5,), "l2"), (1, 7, (70, 5), "cos"), (31, 37, (130, 33), "l2"),
+                                                (257, 37, (5, 130, 70, 33), "cos")]):
+        rng = np.random.default_rng(20 + i)
+        model = make_model(rng, d, levels, metric, True, orthogonal=True)
+        t = model._host_tables()
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        tab, _ = A._exec_tables(model, "cpu", False)
+        inv = np.empty(n, np.float32)
+        _C.norms_split(x, tab, inv, nthreads=NT)
+        g = (x @ t.M).astype(np.float32)
+        ldg = t.offsets[-1] + 1
+        write_strided(tmp_path / f"g{i}.bin", g, ldg)
+        inv.tofile(tmp_path / f"inv{i}.bin")
+        tag = f"_{i}"
+        lines.append(f"argmax_levels g={tmp_path}/g{i}.bin n={n} ldg={ldg} {_write_tables(tmp_path, model, t, tag)} "
+                     f"inv={tmp_path}/inv{i}.bin out_codes={tmp_path}/codes{i}.bin")
+        codes = np.zeros((n, len(levels)), np.int32)
+        _C.argmax_levels(g, x, tab, inv, codes, nthreads=NT)
+        want[i] = codes
+    run_driver(driver, lines, tmp_path)
+    for i, codes in want.items():
+        np.testing.assert_array_equal(read(tmp_path / f"codes{i}.bin", np.int32, codes.shape), codes)

@@ -65,6 +65,7 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __constant__ static
+#define __grid_constant__
 // __restrict__ is a g++ keyword already.
 
 // ------------------------------------------------------------------------------ built-in vectors
