@@ -65,7 +65,7 @@ def main():
         half = a.rows // 2
         np.save(d / "s0.npy", big[:half])
         np.save(d / "s1.npy", big[half:])
-        model = hermes.fit(x[:5000].astype(np.float32), (256, 256, 256), method="rvq", progress=False)
+        model = hermes.fit(x[:5000].astype(np.float32), (256, 256, 256), method="residual_kmeans", progress=False)
         model.save(d / "m.safetensors")
         print(f"CPUs: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; {a.rows:,} x {x.shape[1]} float16 in "
               f"2 shards, levels 256,256,256")
