@@ -153,8 +153,11 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors).")
 @click.option("--levels", default="256,256,256", show_default=True, callback=_parse_levels,
               help="Codebook sizes per stage, comma-separated.")
-@click.option("--method", type=click.Choice(["hermes", "rvq"]), default="hermes", show_default=True,
-              help="hermes: learned transform + RVQ; rvq: plain residual VQ baseline.")
+@click.option("--method", default="hermes", show_default=True, callback=lambda ctx, param, v: _parse_method(v),
+              metavar="[hermes|plain_rvq|residual_kmeans]",
+              help="hermes: the learned transform + the EMA residual quantizer (the paper's HERMES); plain_rvq: "
+                   "the same quantizer without the transform (the paper's plain RVQ); residual_kmeans: stage-by-stage "
+                   "k-means, no training (the others' initialization; this was --method rvq).")
 @click.option("--metric", type=click.Choice(["cos", "l2"]), default="cos", show_default=True,
               help="Assignment metric at each stage.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: fit's).")
@@ -181,6 +184,39 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
     if resume and not checkpoint_dir:
         raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
     _check_fit_outputs(list(inputs), out, checkpoint_dir)
+    dist, rank, created, device = _torchrun_init(device)
+    try:
+        _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+             column, tensor, progress, train, rank)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _torchrun_init(device):
+    """Under torchrun (WORLD_SIZE > 1 in the environment, no process group yet): initializes the process group
+    from torchrun's environment, NCCL on CUDA (this rank's LOCAL_RANK device) else gloo. Returns
+    (torch.distributed or None, rank, whether this call created the group, the device to train on)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, 0, False, device
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist, dist.get_rank(), False, device
+    cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist, dist.get_rank(), True, device
+
+
+def _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+         column, tensor, progress, train, rank):
+    from .readers import read_embeddings
+
     t0 = time.perf_counter()
     x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
@@ -191,6 +227,8 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
         kw["resume"] = True
     model = train.fit(x, levels, **kw)
     t2 = time.perf_counter()
+    if rank:  # under torchrun only rank 0 writes (the model; fit writes checkpoints on rank 0 only)
+        return
     model.save(out)
     click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
@@ -299,7 +337,9 @@ def convert(inputs, out, column, tensor, dtype, batch_size, overwrite, progress)
 # ---------------------------------------------------------------------------------------- stats
 _METRIC_COLS = ["name", "n_buckets", "entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity"]
 _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min", "p10", "median", "mean", "p90",
-              "max", "share_below"]
+              "max", "share_below", "doc_p10", "doc_median", "doc_p90"]
+_ELIG_COLS = ["name", "n_buckets", "eligible", "elig_p10", "elig_median", "elig_p90", "elig_doc_p10", "elig_doc_median",
+              "elig_doc_p90"]
 
 
 @main.command(short_help="Metrics and pool sizes per depth.")
@@ -326,8 +366,13 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
               help="share_below counts buckets with fewer documents than this.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw bucket-size distributions per depth to this image (needs matplotlib).")
+@click.option("--quality", "quality_file", default=None, help="Quality scores per row (.npy, .parquet, .jsonl): also "
+              "report the eligible pool under quality top-p (as hermes mix --stage2 quality keeps it).")
+@click.option("--quality-col", default=None, help="Column/key of --quality, or alone: a column of the labels files "
+              "or of their parquet sources.")
+@click.option("--p", "p", type=float, default=0.3, show_default=True, help="Kept top fraction for --quality.")
 def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, sample, seed, memory_mb,
-          progress, small, plot):
+          progress, small, plot, quality_file, quality_col, p):
     """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
     from ._stream import EmbeddingStream
     from .buckets import format_table, summary_table
@@ -372,8 +417,18 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
     if note:
         click.echo(note)
     click.echo("")
-    click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small})")
-    click.echo(format_table(summary_table(lab.codes, lab.levels, small=small), _POOL_COLS))
+    quality = _per_row(lab, quality_file, quality_col, "quality")
+    if quality is not None:
+        quality = _check_finite_rows(lab, quality, "quality", quality_file or f"column {quality_col!r}")
+    table = summary_table(lab.codes, lab.levels, small=small, quality=quality, p=p)
+    click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small}; doc_*: the size of "
+               f"the bucket a random document falls in)")
+    click.echo(format_table(table, _POOL_COLS))
+    if quality is not None:
+        click.echo("")
+        click.echo(f"eligible pool under quality top-p = {p:g} (documents >= the (1 - p) quantile of their bucket; "
+                   f"elig_*: per bucket, elig_doc_*: the pool a random eligible document falls in)")
+        click.echo(format_table(table, _ELIG_COLS))
     if plot:
         _plot_sizes(lab, Path(plot))
         click.echo(f"plot -> {plot}")
@@ -442,6 +497,19 @@ def _parse_stage1(value: str):
     if not tau > 0:
         raise click.BadParameter(f"a temperature must be > 0, got {value}", param_hint="--stage1")
     return tau
+
+
+_FIT_METHODS = ("hermes", "plain_rvq", "residual_kmeans")
+_RENAMED_METHODS = {"rvq": "'rvq' was residual k-means and is now called 'residual_kmeans'; the paper's plain RVQ "
+                           "(the EMA quantizer without the learned transform) is 'plain_rvq'"}
+
+
+def _parse_method(value):
+    if value in _RENAMED_METHODS:
+        raise click.BadParameter(_RENAMED_METHODS[value], param_hint="--method")
+    if value not in _FIT_METHODS:
+        raise click.BadParameter(f"expected one of {', '.join(_FIT_METHODS)}, got {value!r}", param_hint="--method")
+    return value
 
 
 @main.command(short_help="Draw a two-stage mixture sample.")

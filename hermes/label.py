@@ -344,6 +344,8 @@ def _label_to_uri(fn: str, inputs, model, out_uri: str, kw: dict) -> LabelReport
             atomic_uri(uri_join(out_uri, Path(local).name), lambda tmp: shutil.copyfile(local, tmp), fn)
 
         ray_options = dict(kw.pop("ray_options") or {})
+        if kw.get("engine") == "ray":  # actors on every node publish their parts to the store, not to this host
+            ray_options.setdefault("parts_root", uri_join(out_uri, ".hermes-parts"))
         rep = label(inputs, model, stage, ray_options=ray_options, _publish=publish, **kw)
         rep.out_dir = out_uri
         return rep

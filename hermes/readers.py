@@ -257,7 +257,9 @@ class ParquetShard(Shard):
         if pa.types.is_fixed_size_list(t):
             self.d = t.list_size
         elif self.n:
-            first = next(self.pf.iter_batches(batch_size=1, columns=[column]))
+            # streamed: a pre-buffered reader would fetch (and the allocator keep) the whole first column chunk
+            first = next(self._open(metadata=self.pf.metadata, stream=True).iter_batches(batch_size=1,
+                                                                                        columns=[column]))
             self.d = _list_to_matrix(fn, first.column(0), f"{path}, column {column!r}", 0).shape[1]
         md = self.pf.metadata
         self.row_groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]

@@ -83,7 +83,7 @@ def data(tmp_path_factory, s3):
                                                                              x.shape[1])}), d / "b.parquet",
                    row_group_size=300)
     save_file({"emb": x[2200:].astype(np.float32)}, str(d / "c.safetensors"))
-    model = hermes.fit(x[:1500].astype(np.float32), (16, 8, 4), method="rvq", progress=False)
+    model = hermes.fit(x[:1500].astype(np.float32), (16, 8, 4), method="residual_kmeans", progress=False)
     model.save(d / "m.safetensors")
     for name in ["a.npy", "b.parquet", "c.safetensors", "m.safetensors"]:
         _put(s3, d / name, f"in/{name}" if name != "m.safetensors" else "models/m.safetensors")
@@ -146,11 +146,11 @@ def test_label_stats_mix_on_s3_equal_local(s3, data):
 
 
 def test_fit_on_s3_and_atomic_publish(s3, data, tmp_path):
-    out = _cli("fit", "s3://hermes/in/a.npy", "--out", "s3://hermes/models/fit.safetensors", "--method", "rvq",
+    out = _cli("fit", "s3://hermes/in/a.npy", "--out", "s3://hermes/models/fit.safetensors", "--method", "residual_kmeans",
                "--levels", "8,4", "--no-progress")
     assert "fitted rvq on 1,200 x 384" in out
     m = hermes.load("s3://hermes/models/fit.safetensors")
-    local = hermes.fit(np.load(data["dir"] / "a.npy"), (8, 4), method="rvq", progress=False)
+    local = hermes.fit(np.load(data["dir"] / "a.npy"), (8, 4), method="residual_kmeans", progress=False)
     for a, b in zip(m.codebooks, local.codebooks):
         np.testing.assert_array_equal(a, b)
     # a writer that fails leaves neither the object nor a temporary one
