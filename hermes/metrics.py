@@ -362,7 +362,7 @@ def _slots(codes: np.ndarray, levels, n_depths: int):
 
 
 def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None = 10, queries: int = 1000,
-                     sample: int | None = None, seed: int = 0, small: int = 30, block: int = 16384,
+                     sample: int | None = None, seed: int = 0, small: int = 30, block: int = 8192,
                      memory: int = 1 << 28, progress: bool = False, fn: str = "report_streaming") -> tuple:
     """:func:`report` over embeddings read block by block: memory bounded, any N.
 

@@ -84,24 +84,24 @@ SIDE = ["quality.npy", "tokens.npy", "weights.json"]
 
 @pytest.mark.parametrize("target", EMB_INPUTS + ["notes.txt", "lab/a.parquet", "sample.parquet", "photo.png"])
 def test_fit_out_never_replaces_an_input_or_a_foreign_file(world, target):
-    err = refused("fit", "data/a.npy", "data/c.safetensors", "--out", target, "--method", "rvq", "--levels", "4,3",
+    err = refused("fit", "data/a.npy", "data/c.safetensors", "--out", target, "--method", "residual_kmeans", "--levels", "4,3",
                   "--no-progress", match="--out")
     assert target in err
 
 
 def test_fit_out_directory_and_checkpoint_dir(world):
-    refused("fit", "data/a.npy", "--out", "lab", "--method", "rvq", "--levels", "4,3", "--no-progress")
-    refused("fit", "data/a.npy", "--out", "m2.safetensors", "--checkpoint-dir", "data/a.npy", "--method", "rvq",
+    refused("fit", "data/a.npy", "--out", "lab", "--method", "residual_kmeans", "--levels", "4,3", "--no-progress")
+    refused("fit", "data/a.npy", "--out", "m2.safetensors", "--checkpoint-dir", "data/a.npy", "--method", "residual_kmeans",
             "--levels", "4,3")
-    refused("fit", "data", "--out", "m2.safetensors", "--checkpoint-dir", "data", "--method", "rvq",
+    refused("fit", "data", "--out", "m2.safetensors", "--checkpoint-dir", "data", "--method", "residual_kmeans",
             "--levels", "4,3", "--no-progress", match="--checkpoint-dir")
     # an input found inside an input directory counts as an input
-    refused("fit", "data/a.npy", "data/c.safetensors", "--out", "data/../data/c.safetensors", "--method", "rvq",
+    refused("fit", "data/a.npy", "data/c.safetensors", "--out", "data/../data/c.safetensors", "--method", "residual_kmeans",
             "--levels", "4,3", "--no-progress", match="is also the input")
 
 
 def test_fit_may_replace_its_own_model(world):
-    args = ["fit", "data/a.npy", "--out", "model.safetensors", "--method", "rvq", "--levels", "4,3", "--no-progress"]
+    args = ["fit", "data/a.npy", "--out", "model.safetensors", "--method", "residual_kmeans", "--levels", "4,3", "--no-progress"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert hermes.load("model.safetensors").levels == LEVELS
