@@ -41,8 +41,9 @@ def main():
     print(f"CPU: {_cpu_name()}; flags: {', '.join(isa)}; threads {nt}; hermes screen SIMD "
           f"{hermes.build_info()['cpu_screen_simd']}; auto takes the "
           f"{'bf16 screen' if A._cpu_has_fast_bf16() else 'fp32 path'}")
-    x = clustered_unit_vectors(B, d, seed=1)
-    model = make_model(d, levels, x, metric="l2")
+    xall = clustered_unit_vectors(max(B, 20000), d, seed=1)  # make_model trains on 20,000 rows
+    model = make_model(d, levels, xall, metric="l2")
+    x = np.ascontiguousarray(xall[:B])
     L = model.L
     codes = np.zeros((B, L), np.int32)
     inv, xn, dxn = (np.empty(B, np.float32) for _ in range(3))

@@ -62,7 +62,7 @@ def main():
         print(f"generated {emb} in {time.perf_counter() - t:.0f} s")
     model = root / f"rvq_{a.d}.safetensors"
     if not model.exists():
-        subprocess.run(_hermes("fit", emb, "--out", model, "--method", "rvq", "--sample", "20000", "--no-progress"),
+        subprocess.run(_hermes("fit", emb, "--out", model, "--method", "residual_kmeans", "--sample", "20000", "--no-progress"),
                        check=True, env=_env())
     labels = root / "labels"
     if not (labels / "manifest.json").exists():
@@ -81,9 +81,10 @@ def main():
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", r.stderr).group(1)
     parts = [float(p) for p in wall.split(":")]
     secs = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): (\S+)", r.stderr).group(1)) for k in ("User", "System"))
     floor = 4 * a.n * a.d * 2 / 2**30
     print(f"N={a.n:,} d={a.d} float16 ({emb.stat().st_size / 2**30:.2f} GiB): hermes stats {secs:.1f} s wall, "
-          f"peak RSS {rss:.2f} GiB (target < 1.5 GiB, < 60 s); the in-memory path needs >= {floor:.1f} GiB "
+          f"{cpu:.1f} s CPU (user + sys), peak RSS {rss:.2f} GiB (target < 1.5 GiB, < 60 s); the in-memory path needs >= {floor:.1f} GiB "
           f"({floor / rss:.1f}x); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

@@ -27,7 +27,7 @@ def _dist():
 # ------------------------------------------------------------------------------------------ hermes
 def _save_hermes(ckpt, epoch, state, stats):
     ckpt.save({"epoch": epoch, "W": state.W.detach().cpu(), "b": state.b.detach().cpu(),
-               "opt": state.opt.state_dict(), "codebooks": [c.cpu() for c in state.C],
+               "opt": state.opt.state_dict() if state.opt is not None else {}, "codebooks": [c.cpu() for c in state.C],
                "ema_n": [c.cpu() for c in state.ema_n], "ema_s": [c.cpu() for c in state.ema_s],
                "stats": json.dumps(stats)})
 
@@ -74,20 +74,23 @@ class _State:
         self.W, self.b, self.opt, self.C, self.ema_n, self.ema_s = W, b, opt, C, ema_n, ema_s
 
 
-def _init_state(src: _Source, levels, metric, opts, batch, lr, wd, seed, progress, resume_blob, stats):
+def _init_state(src: _Source, levels, metric, opts, batch, lr, wd, seed, progress, resume_blob, stats,
+                learn_transform: bool = True):
     """The trainer's starting state: W = I, b = 0, codebooks from residual k-means on normalize(x), EMA
-    statistics scaled to one global minibatch; or the state of a checkpoint. Returns (state, first epoch)."""
+    statistics scaled to one global minibatch; or the state of a checkpoint. Returns (state, first epoch).
+    Without ``learn_transform`` (plain RVQ) W and b stay I and 0 and there is no optimizer."""
     torch = _torch()
     dist, rank, world = _dist()
     dev, d = src.device, src.d
-    W = torch.nn.Parameter(torch.eye(d, device=dev))
-    b = torch.nn.Parameter(torch.zeros(d, device=dev))
-    opt = torch.optim.AdamW([W, b], lr=lr, weight_decay=wd)
+    W = torch.nn.Parameter(torch.eye(d, device=dev), requires_grad=learn_transform)
+    b = torch.nn.Parameter(torch.zeros(d, device=dev), requires_grad=learn_transform)
+    opt = torch.optim.AdamW([W, b], lr=lr, weight_decay=wd) if learn_transform else None
     if resume_blob is not None and "epoch" in resume_blob:
         with torch.no_grad():
             W.copy_(resume_blob["W"])
             b.copy_(resume_blob["b"])
-        opt.load_state_dict(resume_blob["opt"])
+        if opt is not None:
+            opt.load_state_dict(resume_blob["opt"])
         C = [c.to(dev) for c in resume_blob["codebooks"]]
         ema_n = [c.to(dev) for c in resume_blob["ema_n"]]
         ema_s = [c.to(dev) for c in resume_blob["ema_s"]]
@@ -137,8 +140,9 @@ def _quantize(h, C, metric):
 
 
 def _train_step(state: _State, e, opts, metric, gen, eye, tm):
-    """One optimizer step on the minibatch e [B, d]: forward (transform, quantize, loss terms), backward,
-    AdamW (gradients averaged across DDP ranks), then W <- its nearest orthogonal matrix.
+    """One training step on the minibatch e [B, d]: forward (transform, quantize, loss terms), backward,
+    AdamW (gradients averaged across DDP ranks), then W <- its nearest orthogonal matrix. Without an
+    optimizer (plain RVQ: W = I, b = 0 frozen) only the forward runs and the loss terms are reported.
 
     Returns (loss terms as floats, residuals per stage, codes per stage); adds seconds to tm.
     """
@@ -147,6 +151,14 @@ def _train_step(state: _State, e, opts, metric, gen, eye, tm):
     dist, _, world = _dist()
     W, b = state.W, state.b
     t1 = time.perf_counter()
+    if state.opt is None:
+        with torch.no_grad():
+            h = F.normalize(e, dim=1)
+            r, commit, res, codes = _quantize(h, state.C, metric)
+            l_quant = (r ** 2).mean()
+        tm["forward"] += time.perf_counter() - t1
+        vals = dict(loss=float(l_quant + opts["commitment"] * commit), quant=float(l_quant), commit=float(commit))
+        return vals, res, codes
     en = F.normalize(e, dim=1)
     h = F.normalize(F.linear(e, W, b), dim=1)
     r, commit, res, codes = _quantize(h, state.C, metric)
@@ -205,13 +217,20 @@ def _ema_update(state: _State, res, codes, decay: float, eps: float):
     return out
 
 
-def _reset_dead_codes(state: _State, dead, res, threshold: float, rng: np.random.Generator) -> int:
+def _dead_codes(state: _State, threshold: float) -> list:
+    """Per stage, the codewords (index tensors) whose EMA cluster size is below ``threshold``."""
+    torch = _torch()
+    return [torch.nonzero(n < threshold).flatten() for n in state.ema_n]
+
+
+def _reset_dead_codes(state: _State, dead, res, threshold: float, rng: np.random.Generator) -> list:
     """Replaces the codewords dead[l] (index tensors) of each stage with residuals res[l] drawn at random
-    from a minibatch, their EMA size set to ``threshold`` and their EMA sum to threshold * the residual;
-    broadcast from rank 0 under DDP. Returns how many codewords were reset."""
+    (with replacement, as vector-quantize-pytorch) from the current minibatch, their EMA size set to
+    ``threshold`` and their EMA sum to threshold * the residual; broadcast from rank 0 under DDP.
+    Returns the number of codewords reset per stage."""
     torch = _torch()
     dist, _, _ = _dist()
-    total = 0
+    total = []
     with torch.no_grad():
         for l, dl in enumerate(dead):
             if dl.numel() and res is not None:
@@ -223,33 +242,41 @@ def _reset_dead_codes(state: _State, dead, res, threshold: float, rng: np.random
                 if dist is not None:
                     for t in (state.C[l], state.ema_n[l], state.ema_s[l]):
                         dist.broadcast(t, 0)
-            total += int(dl.numel())
+            total.append(int(dl.numel()))
     return total
 
 
-def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, progress, ckpt, resume_blob):
-    """The training loop: returns (W [d, d], b [d], codebooks, stats)."""
+def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, progress, ckpt, resume_blob,
+            learn_transform: bool = True):
+    """The training loop: returns (W [d, d], b [d], codebooks, stats).
+
+    Every step: a training step, the EMA codebook update from the minibatch, then, as
+    vector-quantize-pytorch does, every codeword whose EMA cluster size fell below
+    ``dead_code_threshold`` is replaced by a residual of the current minibatch (``_reset_dead_codes``).
+    ``learn_transform=False`` is plain RVQ: the same quantizer with W = I and b = 0 frozen.
+    """
     torch = _torch()
     from tqdm.auto import tqdm
 
     dist, rank, world = _dist()
     N, d, dev = src.N, src.d, src.device
     stats = {"epochs": [], "init_s": 0.0}
-    state, start_epoch = _init_state(src, levels, metric, opts, batch, lr, wd, seed, progress, resume_blob, stats)
+    state, start_epoch = _init_state(src, levels, metric, opts, batch, lr, wd, seed, progress, resume_blob, stats,
+                                     learn_transform)
     if start_epoch == 0 and (resume_blob is None or "epoch" not in resume_blob) and ckpt is not None and rank == 0:
         _save_hermes(ckpt, 0, state, stats)
-    decay, eps = opts["ema_decay"], opts["ema_eps"]
+    decay, eps, thr = opts["ema_decay"], opts["ema_eps"], opts["dead_code_threshold"]
     steps = max(1, math.ceil(N / (batch * world)))
     eye = torch.eye(d, device=dev)
+    name = "hermes" if learn_transform else "plain rvq"
     for epoch in range(start_epoch, epochs):
         rng = _rng(seed, 3, epoch)
         gen = _torch_gen(rng, dev)
         perm = rng.permutation(N)
-        usage = [torch.zeros(K, dtype=torch.float64, device=dev) for K in levels]
         tm = dict(data=0.0, forward=0.0, backward=0.0, project=0.0, ema=0.0)
-        sums = dict(loss=0.0, struct=0.0, quant=0.0, ortho=0.0, commit=0.0)
-        last_res = None
-        with tqdm(total=steps, desc=f"hermes epoch {epoch + 1}/{epochs}", disable=not progress or rank,
+        sums: dict = {}
+        resets = [0] * len(levels)
+        with tqdm(total=steps, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress or rank,
                   leave=False) as bar:
             for step in range(steps):
                 t0 = time.perf_counter()
@@ -258,19 +285,17 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                 tm["data"] += time.perf_counter() - t0
                 vals, res, codes = _train_step(state, e, opts, metric, gen, eye, tm)
                 t4 = time.perf_counter()
-                cnts = _ema_update(state, res, codes, decay, eps)
-                for l, cnt in enumerate(cnts):
-                    usage[l] += cnt.double()
-                last_res = res
+                _ema_update(state, res, codes, decay, eps)
+                if thr > 0:
+                    for l, k in enumerate(_reset_dead_codes(state, _dead_codes(state, thr), res, thr, rng)):
+                        resets[l] += k
                 tm["ema"] += time.perf_counter() - t4
                 for k_, v in vals.items():
-                    sums[k_] += v
-                bar.set_postfix({k_: f"{v:.4g}" for k_, v in vals.items()})
+                    sums[k_] = sums.get(k_, 0.0) + v
+                bar.set_postfix({**{k_: f"{v:.4g}" for k_, v in vals.items()}, "reset": sum(resets)})
                 bar.update(1)
-        # Dead codes: used fewer than `dead_code_threshold` times this epoch -> a sampled residual.
-        dead = [torch.nonzero(u < opts["dead_code_threshold"]).flatten() for u in usage]
-        dead_total = _reset_dead_codes(state, dead, last_res, opts["dead_code_threshold"], rng)
-        stats["epochs"].append({"epoch": epoch + 1, "steps": steps, "dead_codes_reset": dead_total,
+        stats["epochs"].append({"epoch": epoch + 1, "steps": steps, "dead_codes_reset": sum(resets),
+                                "dead_codes_reset_per_level": resets,
                                 **{f"mean_{k_}": v / steps for k_, v in sums.items()},
                                 **{f"{k_}_s": v for k_, v in tm.items()}})
         if ckpt is not None and rank == 0:

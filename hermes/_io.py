@@ -12,9 +12,78 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-__all__ = ["atomic_path", "user_os_error", "OutputError", "publish_mode", "fsync_path", "same_file", "check_outputs", "Output",
-           "owns_hermes_safetensors", "owns_hermes_parquet", "owns_image", "owns_csv_header", "owns_json_format",
+__all__ = ["is_uri", "open_uri", "atomic_uri", "download", "atomic_path", "user_os_error", "OutputError", "publish_mode",
+           "fsync_path", "same_file", "check_outputs", "Output", "owns_hermes_safetensors", "owns_hermes_parquet",
+           "owns_image", "owns_html", "owns_csv_header", "owns_json_format",
            "IMAGE_SUFFIXES"]
+
+
+# ------------------------------------------------------------------------------- URIs (pyarrow fs)
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(path) -> bool:
+    """A location on a pyarrow filesystem (``s3://``, ``gs://``, ``hdfs://``, ``file://``, ...), not a local path."""
+    return isinstance(path, str) and bool(_URI.match(path))
+
+
+def open_uri(uri: str, fn: str = "hermes"):
+    """(pyarrow filesystem, path inside it) for ``uri``. S3 endpoints and credentials come from the usual
+    settings (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ..., or ``?endpoint_override=host:port&scheme=http``
+    in the URI)."""
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as e:
+        raise ValueError(f"{fn}: cannot open {uri}: {e}") from None
+
+
+def uri_join(uri: str, *names: str) -> str:
+    """``uri`` + ``/name``... (query parameters, if any, stay at the end)."""
+    base, q, query = uri.partition("?")
+    return "/".join([base.rstrip("/"), *names]) + (q + query)
+
+
+def download(uri: str, local, fn: str = "hermes") -> None:
+    """Copies the object ``uri`` to the local file ``local``."""
+    import pyarrow.fs as pafs
+
+    fs, path = open_uri(uri, fn)
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+def atomic_uri(uri: str, write: Callable[[str], object], fn: str = "hermes") -> None:
+    """Publishes an object atomically: ``write(tmp_path)`` fills a local temporary file, which is uploaded to a
+    temporary object ``.<name>.<random>.tmp`` beside ``uri`` and then moved onto ``uri`` (on object stores a
+    server-side copy: readers see the old object or the complete new one, never a part). The temporary object
+    is removed on any error."""
+    import posixpath
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    fs, path = open_uri(uri, fn)
+    parent, name = posixpath.split(path.rstrip("/"))
+    tmp_obj = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    with tempfile.TemporaryDirectory(prefix="hermes-") as d:
+        local = os.path.join(d, name)
+        write(local)
+        try:
+            if parent and fs.type_name not in ("s3", "gcs"):  # object stores have no directories to create
+                fs.create_dir(parent, recursive=True)
+            with open(local, "rb") as src, fs.open_output_stream(tmp_obj) as dst:
+                while block := src.read(8 << 20):
+                    dst.write(block)
+            fs.move(tmp_obj, path)
+        except BaseException as e:
+            try:
+                fs.delete_file(tmp_obj)
+            except Exception:
+                pass
+            if isinstance(e, OSError):
+                raise OSError(e.errno or errno.EIO, f"could not write {uri}: {e}") from None
+            raise
 
 
 def publish_mode(path) -> None:
@@ -69,6 +138,8 @@ def atomic_path(path, write: Callable[[str], object]) -> None:
     """Calls ``write(tmp_path)`` on a temporary file next to ``path``, then fsyncs it, gives it the usual
     permissions and renames it to ``path``. On any error (or interrupt) the temporary file is removed; an
     OSError (no space, no permission, a directory in the way) is raised naming ``path``, not the temp file."""
+    if is_uri(path):
+        return atomic_uri(path, write)
     path = Path(path)
     tmp = None
     try:
@@ -107,7 +178,8 @@ class Output:
 
     def __init__(self, what: str, path, owns: Callable[[Path], bool] | None = None, *, kind: str = "",
                  is_dir: bool = False):
-        self.what, self.path, self.owns, self.kind, self.is_dir = what, Path(path), owns, kind, is_dir
+        path = path if path is None or is_uri(path) else Path(path)
+        self.what, self.path, self.owns, self.kind, self.is_dir = what, path, owns, kind, is_dir
 
 
 def check_outputs(fn: str, outputs: Iterable[Output], inputs: Iterable[tuple[str, object]] = (),
@@ -128,7 +200,14 @@ def check_outputs(fn: str, outputs: Iterable[Output], inputs: Iterable[tuple[str
         output; when a file output exists as a directory, or exists and is not of the kind it writes.
     """
     outputs = [o for o in outputs if o.path is not None]
-    inputs = [(w, Path(p)) for w, p in inputs if p is not None]
+    inputs = [(w, p if is_uri(p) else Path(p)) for w, p in inputs if p is not None]
+    for o in [o for o in outputs if is_uri(o.path)]:  # object storage: the same URI is the same object
+        for what, p in inputs:
+            if str(p).rstrip("/") == o.path.rstrip("/"):
+                raise ValueError(f"{fn}: {o.what} {o.path} is also {what} {p}; refusing to overwrite an input "
+                                 f"(choose another {o.what})")
+    outputs = [o for o in outputs if not is_uri(o.path)]
+    inputs = [(w, p) for w, p in inputs if not is_uri(p)]
     for o in outputs:
         for what, p in inputs:
             if same_file(o.path, p):
@@ -217,6 +296,17 @@ def owns_csv_header(prefix: str) -> Callable[[Path], bool]:
             return False
 
     return owns
+
+
+def owns_html(path: Path) -> bool:
+    """The file is an HTML page (its first non-blank bytes open ``<!doctype html`` or ``<html``): what a command
+    that writes a page (``hermes explore --out``) may replace."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+    except OSError:
+        return False
+    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
 
 
 _IMAGE_MAGIC = {".png": [b"\x89PNG\r\n\x1a\n"], ".pdf": [b"%PDF"], ".jpg": [b"\xff\xd8\xff"], ".jpeg": [b"\xff\xd8\xff"],

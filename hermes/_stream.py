@@ -7,6 +7,8 @@ shards go through their readers' ``batches``.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 __all__ = ["EmbeddingStream"]
@@ -43,7 +45,7 @@ class EmbeddingStream:
         self.n = int(self.offsets[-1])
         self._npy = {}
         for i, s in enumerate(shards):
-            if s.kind == "npy":
+            if s.kind == "npy" and isinstance(s.path, Path):  # local files (not object storage)
                 layout = _npy_layout(s.path)
                 if layout is not None and not layout[3]:
                     off, _, dtype, _ = layout

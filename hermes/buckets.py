@@ -159,6 +159,21 @@ def _size_stats(sizes: np.ndarray, small: int) -> dict:
                 share_below=float(np.count_nonzero(sizes < small) / sizes.size))
 
 
+def _doc_weighted(sizes: np.ndarray, weights: np.ndarray | None = None, prefix: str = "doc_") -> dict:
+    """The pool a random document falls in: quantiles p10, median, p90 of its bucket's size, one observation
+    per document (``weights`` documents per bucket; default: the bucket's size), i.e. ``np.quantile`` of
+    ``np.repeat(sizes, weights)`` with method="inverted_cdf", without materializing the repeat."""
+    weights = sizes if weights is None else weights
+    total = float(weights.sum())
+    if total <= 0:
+        nan = float("nan")
+        return {f"{prefix}p10": nan, f"{prefix}median": nan, f"{prefix}p90": nan}
+    order = np.argsort(sizes, kind="stable")
+    s, cum = sizes[order], np.cumsum(weights[order].astype(np.float64))
+    pick = lambda q: float(s[min(int(np.searchsorted(cum, q * total, side="left")), s.size - 1)])  # noqa: E731
+    return {f"{prefix}p10": pick(0.1), f"{prefix}median": pick(0.5), f"{prefix}p90": pick(0.9)}
+
+
 def depth_name(depth: int) -> str:
     """Conventional name of a depth: 1 -> "L1", 2 -> "L12", 3 -> "L123"."""
     return "L" + "".join(str(i) for i in range(1, depth + 1))
@@ -253,7 +268,9 @@ def pool_sizes(codes, levels=None, depth: int = 1, small: int = 30) -> dict:
     Returns a dict: depth, name ("L12"), n_docs, n_buckets (occupied), nominal (K_1*...*K_depth),
     and over the occupied buckets' sizes (one observation per bucket): median, mean,
     p10, p25, p75, p90 (``np.quantile``, linear), min, max, and share_below (fraction of
-    occupied buckets with size < small). Size statistics are NaN when N = 0.
+    occupied buckets with size < small); and document-weighted, the size of the bucket a random
+    document falls in (one observation per document, as the paper's "median pool"): doc_p10,
+    doc_median, doc_p90 (inverted-CDF quantiles). Size statistics are NaN when N = 0.
     """
     fn = "pool_sizes"
     codes, levels = _check_codes(codes, levels, fn)
@@ -262,7 +279,7 @@ def pool_sizes(codes, levels=None, depth: int = 1, small: int = 30) -> dict:
     nominal = _radix(levels, depth, fn)
     _, sizes, _ = _group(_pack(codes, depth, levels), inverse=False)
     return dict(depth=depth, name=depth_name(depth), n_docs=int(codes.shape[0]), nominal=nominal,
-                **_size_stats(sizes, small))
+                **_size_stats(sizes, small), **_doc_weighted(sizes))
 
 
 def children(codes, levels=None, depth: int = 2):
@@ -290,16 +307,27 @@ def _csr(child: np.ndarray, k_last: int):
     return par[starts], child, offsets
 
 
-def summary_table(codes, levels=None, small: int = 30) -> list:
+def summary_table(codes, levels=None, small: int = 30, *, quality=None, p: float = 0.3) -> list:
     """One row of pool-size statistics per depth 1..L.
 
     codes: integer [N, L]; levels as in ``bucket_ids``.
     Returns a list of L dicts: the ``pool_sizes`` keys plus ``occupancy`` (n_buckets / nominal)
     and ``children_mean`` (mean number of occupied children per occupied parent at depth - 1).
+    quality: float [N] scores (optional): then also the eligible pool under quality top-p, as
+    ``hermes.mix``'s stage2="quality" keeps it (documents >= the (1 - p) quantile of their bucket):
+    ``eligible`` (documents kept), per bucket ``elig_p10``, ``elig_median``, ``elig_p90`` (linear
+    quantiles over occupied buckets) and, per kept document, ``elig_doc_p10``, ``elig_doc_median``,
+    ``elig_doc_p90`` (the eligible pool a random kept document falls in).
     """
     fn = "summary_table"
     codes, levels = _check_codes(codes, levels, fn)
     small = check_int(fn, "small", small, lo=0)
+    q = None
+    if quality is not None:
+        from .mix import _check_p, _check_vector
+
+        q = _check_vector(quality, codes.shape[0], fn, "quality")
+        p = _check_p(p, fn)
     rows, ids = [], None
     for depth in range(1, codes.shape[1] + 1):
         nominal = _radix(levels, depth, fn)
@@ -308,10 +336,19 @@ def summary_table(codes, levels=None, small: int = 30) -> list:
         else:
             ids *= levels[depth - 1]
             ids += codes[:, depth - 1]
-        uniq, sizes, _ = _group(ids, inverse=False)
+        uniq, sizes, inv = _group(ids, inverse=q is not None)
         n_par = _csr(uniq, levels[depth - 1])[0].size
         row = dict(depth=depth, name=depth_name(depth), n_docs=int(codes.shape[0]),
-                   nominal=nominal, **_size_stats(sizes, small))
+                   nominal=nominal, **_size_stats(sizes, small), **_doc_weighted(sizes))
+        if q is not None:
+            from .mix import _eligible_top
+
+            elig = _eligible_top(q, inv, sizes, p) if q.size else np.zeros(0, bool)
+            pool = np.bincount(inv[elig], minlength=sizes.size)
+            row["eligible"] = int(elig.sum())
+            qs = np.quantile(pool, [0.1, 0.5, 0.9]) if pool.size else [float("nan")] * 3
+            row.update(elig_p10=float(qs[0]), elig_median=float(qs[1]), elig_p90=float(qs[2]))
+            row.update(_doc_weighted(pool, pool, prefix="elig_doc_"))
         row["occupancy"] = row["n_buckets"] / nominal
         row["children_mean"] = row["n_buckets"] / n_par if n_par else float("nan")
         rows.append(row)

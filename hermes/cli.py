@@ -18,6 +18,7 @@ from ._version import __version__
 from ._io import IMAGE_SUFFIXES, Output, check_outputs, owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, \
     owns_image
 from ._io import atomic_path as _atomic_path
+from ._io import is_uri
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
 
@@ -155,8 +156,11 @@ def _check_finite_rows(lab, v: np.ndarray, what: str, src: str) -> np.ndarray:
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Model file to write (.safetensors).")
 @click.option("--levels", default="256,256,256", show_default=True, callback=_parse_levels,
               help="Codebook sizes per stage, comma-separated.")
-@click.option("--method", type=click.Choice(["hermes", "rvq"]), default="hermes", show_default=True,
-              help="hermes: learned transform + RVQ; rvq: plain residual VQ baseline.")
+@click.option("--method", default="hermes", show_default=True, callback=lambda ctx, param, v: _parse_method(v),
+              metavar="[hermes|plain_rvq|residual_kmeans]",
+              help="hermes: the learned transform + the EMA residual quantizer (the paper's HERMES); plain_rvq: "
+                   "the same quantizer without the transform (the paper's plain RVQ); residual_kmeans: stage-by-stage "
+                   "k-means, no training (the others' initialization; this was --method rvq).")
 @click.option("--metric", type=click.Choice(["cos", "l2"]), default="cos", show_default=True,
               help="Assignment metric at each stage.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: fit's).")
@@ -183,6 +187,39 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
     if resume and not checkpoint_dir:
         raise click.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
     _check_fit_outputs(list(inputs), out, checkpoint_dir)
+    dist, rank, created, device = _torchrun_init(device)
+    try:
+        _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+             column, tensor, progress, train, rank)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _torchrun_init(device):
+    """Under torchrun (WORLD_SIZE > 1 in the environment, no process group yet): initializes the process group
+    from torchrun's environment, NCCL on CUDA (this rank's LOCAL_RANK device) else gloo. Returns
+    (torch.distributed or None, rank, whether this call created the group, the device to train on)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, 0, False, device
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist, dist.get_rank(), False, device
+    cuda = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist, dist.get_rank(), True, device
+
+
+def _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
+         column, tensor, progress, train, rank):
+    from .readers import read_embeddings
+
     t0 = time.perf_counter()
     x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
@@ -191,11 +228,37 @@ def fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, c
             kw[k] = v
     if resume:
         kw["resume"] = True
-    model = train.fit(x, levels, **kw)
+    try:
+        model = train.fit(x, levels, **kw)
+    except ValueError as e:
+        _name_input_row(e, list(inputs), column, tensor, sample, seed)
+        raise
     t2 = time.perf_counter()
+    if rank:  # under torchrun only rank 0 writes (the model; fit writes checkpoints on rank 0 only)
+        return
     model.save(out)
     click.echo(f"fitted {method} on {x.shape[0]:,} x {x.shape[1]} embeddings (levels "
                f"{','.join(map(str, model.levels))}, metric {model.metric}) in {t2 - t0:.1f} s -> {out}")
+
+
+def _name_input_row(e: ValueError, inputs, column, tensor, sample, seed) -> None:
+    """Re-raises fit's "x row R ..." naming the input file and its row (R indexes the rows read, a sample
+    or the inputs one after another); returns for other errors."""
+    import re
+
+    from .readers import expand_inputs, open_shard, sample_rows
+
+    m = re.match(r"^fit: x row (\d+) (.*)$", str(e), re.S)
+    if not m:
+        return
+    shards = [open_shard(p, column=column, tensor=tensor, fn="hermes fit") for p in expand_inputs("hermes fit", inputs)]
+    sizes = np.array([s.n for s in shards])
+    row = int(m.group(1))
+    if sample is not None and sample < sizes.sum():
+        row = int(sample_rows(int(sizes.sum()), sample, seed)[row])
+    i = int(np.searchsorted(np.cumsum(sizes), row, side="right"))
+    local = row - int(sizes[:i].sum())
+    raise ValueError(f"hermes fit: {shards[i].path} row {local} {m.group(2)}") from None
 
 
 def _input_files(inputs) -> list:
@@ -301,7 +364,9 @@ def convert(inputs, out, column, tensor, dtype, batch_size, overwrite, progress)
 # ---------------------------------------------------------------------------------------- stats
 _METRIC_COLS = ["name", "n_buckets", "entropy", "effective_buckets", "centroid_cosine", "recall_at_k", "nmi", "purity"]
 _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min", "p10", "median", "mean", "p90",
-              "max", "share_below"]
+              "max", "share_below", "doc_p10", "doc_median", "doc_p90"]
+_ELIG_COLS = ["name", "n_buckets", "eligible", "elig_p10", "elig_median", "elig_p90", "elig_doc_p10", "elig_doc_median",
+              "elig_doc_p90"]
 
 
 @main.command(short_help="Metrics and pool sizes per depth.")
@@ -328,8 +393,13 @@ _POOL_COLS = ["name", "nominal", "n_buckets", "occupancy", "children_mean", "min
               help="share_below counts buckets with fewer documents than this.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw bucket-size distributions per depth to this image (needs matplotlib).")
+@click.option("--quality", "quality_file", default=None, help="Quality scores per row (.npy, .parquet, .jsonl): also "
+              "report the eligible pool under quality top-p (as hermes mix --stage2 quality keeps it).")
+@click.option("--quality-col", default=None, help="Column/key of --quality, or alone: a column of the labels files "
+              "or of their parquet sources.")
+@click.option("--p", "p", type=float, default=0.3, show_default=True, help="Kept top fraction for --quality.")
 def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k, queries, sample, seed, memory_mb,
-          progress, small, plot):
+          progress, small, plot, quality_file, quality_col, p):
     """Metrics and pool sizes per depth (L1, L12, ...) of the labels in LABELS... (files or directories)."""
     from ._stream import EmbeddingStream
     from .buckets import format_table, summary_table
@@ -358,7 +428,7 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
             raise ValueError(f"--embeddings: {', '.join(embeddings)} hold {stream.n:,} rows, the labels hold {n:,}")
         rows, info = report_streaming(stream, lab.codes, lab.levels, labels=classes, k=(k or None), queries=queries,
                                       sample=sample, seed=seed, small=small, memory=memory_mb << 20,
-                                      progress=progress)
+                                      progress=progress, fn="hermes stats")
         scored = (f"a sample of {info['n_scored']:,} documents (seed {seed})" if info["sampled"]
                   else f"all {info['n_scored']:,} documents")
         note = f"centroid_cosine over {scored}"
@@ -374,8 +444,18 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
     if note:
         click.echo(note)
     click.echo("")
-    click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small})")
-    click.echo(format_table(summary_table(lab.codes, lab.levels, small=small), _POOL_COLS))
+    quality = _per_row(lab, quality_file, quality_col, "quality")
+    if quality is not None:
+        quality = _check_finite_rows(lab, quality, "quality", quality_file or f"column {quality_col!r}")
+    table = summary_table(lab.codes, lab.levels, small=small, quality=quality, p=p)
+    click.echo(f"pool sizes (documents per occupied bucket; share_below: buckets with < {small}; doc_*: the size of "
+               f"the bucket a random document falls in)")
+    click.echo(format_table(table, _POOL_COLS))
+    if quality is not None:
+        click.echo("")
+        click.echo(f"eligible pool under quality top-p = {p:g} (documents >= the (1 - p) quantile of their bucket; "
+                   f"elig_*: per bucket, elig_doc_*: the pool a random eligible document falls in)")
+        click.echo(format_table(table, _ELIG_COLS))
     if plot:
         _plot_sizes(lab, Path(plot))
         click.echo(f"plot -> {plot}")
@@ -424,6 +504,11 @@ def _plot_sizes(lab, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ mix
+def _suffix(path) -> str:
+    """The lower-case suffix of a path or URI."""
+    return os.path.splitext(str(path).partition("?")[0])[1].lower()
+
+
 def _parse_stage1(value: str):
     if value in ("uniform", "proportional"):
         return value
@@ -439,6 +524,19 @@ def _parse_stage1(value: str):
     if not tau > 0:
         raise click.BadParameter(f"a temperature must be > 0, got {value}", param_hint="--stage1")
     return tau
+
+
+_FIT_METHODS = ("hermes", "plain_rvq", "residual_kmeans")
+_RENAMED_METHODS = {"rvq": "'rvq' was residual k-means and is now called 'residual_kmeans'; the paper's plain RVQ "
+                           "(the EMA quantizer without the learned transform) is 'plain_rvq'"}
+
+
+def _parse_method(value):
+    if value in _RENAMED_METHODS:
+        raise click.BadParameter(_RENAMED_METHODS[value], param_hint="--method")
+    if value not in _FIT_METHODS:
+        raise click.BadParameter(f"expected one of {', '.join(_FIT_METHODS)}, got {value!r}", param_hint="--method")
+    return value
 
 
 @main.command(short_help="Draw a two-stage mixture sample.")
@@ -477,12 +575,15 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     if depth > lab.codes.shape[1]:
         raise click.BadParameter(f"the labels have {lab.codes.shape[1]} levels; depth {depth} is too deep",
                                  param_hint="--depth")
-    out = Path(out)
-    plan = Path(plan) if plan else out.with_suffix(".plan.parquet")
+    out = out if is_uri(out) else Path(out)
+    if plan is None:  # OUT with suffix .plan.parquet (a URI keeps its scheme, bucket and query)
+        base, q, query = str(out).partition("?")
+        plan = os.path.splitext(base)[0] + ".plan.parquet" + q + query
+    plan = plan if is_uri(plan) else Path(plan)
     ins = _labels_inputs(labels_paths, lab) + [("the --quality file", quality_file), ("the --tokens file", tokens_file)]
     if isinstance(stage1, str) and stage1 not in ("uniform", "proportional"):
         ins.append(("the --stage1 file", stage1))
-    owns_plan = owns_csv_header("l1,bucket") if plan.suffix.lower() == ".csv" else owns_hermes_parquet("hermes-mix-plan")
+    owns_plan = owns_csv_header("l1,bucket") if _suffix(plan) == ".csv" else owns_hermes_parquet("hermes-mix-plan")
     check_outputs("hermes mix", [Output("--out", out, owns_hermes_parquet("hermes-mix"), kind="a hermes mix sample"),
                                  Output("--plan", plan, owns_plan, kind="a hermes mix plan")], ins)
     quality = _per_row(lab, quality_file, quality_col, "quality")
@@ -518,7 +619,7 @@ def mix(labels_paths, budget, depth, stage1, stage2, quality_file, quality_col, 
     prefix = unpack(cols["bucket"], depth, lab.levels)
     pt = pa.table({"l1": cols.pop("l1"), "bucket": cols.pop("bucket"),
                    **{f"c{i + 1}": prefix[:, i] for i in range(depth)}, **cols})
-    if plan.suffix.lower() == ".csv":
+    if _suffix(plan) == ".csv":
         import pyarrow.csv as pcsv
 
         _atomic_path(plan, lambda tmp: pcsv.write_csv(pt, tmp))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_path, fsync_path, publish_mode, user_os_error
+from ._io import atomic_path, fsync_path, is_uri, publish_mode, user_os_error
 from ._validate import check_int
 from .model import Model, load
 from .readers import DEFAULT_BATCH, SUFFIXES, Shard, expand_inputs, open_shard, read_embeddings
@@ -151,7 +151,8 @@ def _check_model(fn: str, model):
 
 def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | None = None,
           batch_size: int = DEFAULT_BATCH, device=None, progress: bool = True, overwrite: bool = False,
-          compression: str = "zstd", engine: str = "local", ray_options: dict | None = None) -> LabelReport:
+          compression: str = "zstd", engine: str = "local", ray_options: dict | None = None,
+          _publish=None) -> LabelReport:
     """Labels embedding shards on disk with ``model``, one output parquet file per shard (see the module doc).
 
     Args:
@@ -198,9 +199,14 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
         raise ValueError(f"{fn}: engine must be 'local' or 'ray', got {engine!r}")
     device = _resolve_device(fn, device) if engine == "local" else (device or "auto")
     paths = expand_inputs(fn, inputs)
+    if is_uri(out_dir):  # object storage: label into a local staging directory, publish each finished file
+        return _label_to_uri(fn, inputs, model, out_dir, dict(
+            column=column, tensor=tensor, batch_size=batch_size, device=device if engine == "local" else None,
+            progress=progress, overwrite=overwrite, compression=compression, engine=engine,
+            ray_options=ray_options))
     names: dict[str, Path] = {}
     for p in paths:
-        name = p.stem + ".parquet"
+        name = _stem(p) + ".parquet"
         if name in names:
             raise ValueError(f"{fn}: inputs {names[name]} and {p} would both write {name}; give shards distinct "
                              f"stems or label them into different out_dirs")
@@ -270,6 +276,8 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
             if engine == "local":
                 bar.set_postfix_str(s.name, refresh=False)
                 _label_shard(fn, s, model, out, meta, batch_size, device, compression, bar)
+            if _publish is not None:
+                _publish(out)
             report.labeled.append(out.name)
             report.rows_labeled += s.n
             s.close()
@@ -277,6 +285,8 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
                 "shards": _scan_manifest(fn, out_dir, fp, entries), "rows": 0}
     manifest["rows"] = int(sum(e["rows"] for e in manifest["shards"]))
     _atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    if _publish is not None:
+        _publish(out_dir / MANIFEST)  # last: a manifest on the store means every file it lists is there
     report.manifest = manifest
     report.seconds = time.perf_counter() - t0
     return report
@@ -297,6 +307,52 @@ def _check_compression(fn: str, compression) -> str:
     return name
 
 
+def _stem(p) -> str:
+    """The file stem of a path or a URI."""
+    if is_uri(p):
+        import posixpath
+
+        return posixpath.splitext(posixpath.basename(p.split("?")[0].rstrip("/")))[0]
+    return Path(p).stem
+
+
+def _label_to_uri(fn: str, inputs, model, out_uri: str, kw: dict) -> LabelReport:
+    """:func:`label` into ``out_uri`` on a pyarrow filesystem: the labels files and manifest already there are
+    copied into a local staging directory (so a rerun skips finished shards exactly as locally), labeling runs
+    there, and each finished labels file is published to the store as soon as it is complete (a temporary
+    object, then a move); the manifest is published last."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    from ._io import atomic_uri, download, open_uri, uri_join
+
+    fs, key = open_uri(out_uri, fn)
+    info = fs.get_file_info(key)
+    if info.type == pafs.FileType.File:
+        raise ValueError(f"{fn}: out_dir {out_uri} is a file, not a directory")
+    stage = tempfile.mkdtemp(prefix="hermes-label-")
+    try:
+        if info.type == pafs.FileType.Directory:
+            for f in fs.get_file_info(pafs.FileSelector(key.rstrip("/"))):
+                name = f.path.rsplit("/", 1)[-1]
+                if f.type == pafs.FileType.File and not name.startswith(".") and \
+                        (name.endswith(".parquet") or name == MANIFEST):
+                    download(uri_join(out_uri, name), os.path.join(stage, name), fn)
+
+        def publish(local: Path) -> None:
+            atomic_uri(uri_join(out_uri, Path(local).name), lambda tmp: shutil.copyfile(local, tmp), fn)
+
+        ray_options = dict(kw.pop("ray_options") or {})
+        if kw.get("engine") == "ray":  # actors on every node publish their parts to the store, not to this host
+            ray_options.setdefault("parts_root", uri_join(out_uri, ".hermes-parts"))
+        rep = label(inputs, model, stage, ray_options=ray_options, _publish=publish, **kw)
+        rep.out_dir = out_uri
+        return rep
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def _check_label_outputs(fn: str, inputs, paths: list, model_path, out_dir: Path) -> None:
     """Refuses an out_dir whose outputs would replace an input shard, the model, or a foreign manifest."""
     from ._io import Output, check_outputs, owns_json_format
@@ -305,9 +361,9 @@ def _check_label_outputs(fn: str, inputs, paths: list, model_path, out_dir: Path
     ins = [("the input shard", p) for p in paths] + [("the input", p) for p in given] + [("the model", model_path)]
     outs = [Output("out_dir", out_dir, is_dir=True),
             Output("manifest", out_dir / MANIFEST, owns_json_format(LABEL_FORMAT), kind="a hermes labels manifest")]
-    outs += [Output(f"output of {p.name}", out_dir / (p.stem + ".parquet"), lambda _: True) for p in paths]
+    outs += [Output(f"output of {_stem(p)}", out_dir / (_stem(p) + ".parquet"), lambda _: True) for p in paths]
     check_outputs(fn, outs, ins)
-    for p in map(Path, given):
+    for p in (Path(g) for g in given if not is_uri(g)):
         if p.is_dir() and out_dir.exists() and os.path.samefile(p, out_dir):
             raise ValueError(f"{fn}: out_dir {out_dir} is the input directory {p}; the labels would be read back as "
                              f"input shards: give the labels their own directory")
@@ -495,8 +551,46 @@ def _label_files(fn: str, paths) -> list[tuple[Path, dict | None]]:
     return out
 
 
+def _meta_levels(fn: str, f: Path, meta: dict) -> tuple:
+    """The model levels a labels file's metadata records, checked: a list of 1 to 8 integers >= 1."""
+    m = meta.get("model")
+    lv = m.get("levels") if isinstance(m, dict) else None
+    if not (isinstance(lv, list) and 1 <= len(lv) <= 8 and all(type(k) is int and k >= 1 for k in lv)) or \
+            not isinstance(m.get("fingerprint"), str):
+        raise ValueError(f"{fn}: {f}: metadata 'hermes' key 'model' must hold 'levels' (a list of 1 to 8 integers "
+                         f">= 1) and 'fingerprint' (a string), got {m!r:.200}")
+    return tuple(lv)
+
+
+def _checked_codes(fn: str, f: Path, t, cols: list, levels: tuple) -> np.ndarray:
+    """codes [n, L] int32 from a labels table; errors name the file, column and row of a null, non-integer or
+    out-of-range code."""
+    import pyarrow as pa
+
+    out = np.empty((t.num_rows, len(levels)), np.int32)
+    for l, c in enumerate(cols[1:]):
+        col = t.column(c)
+        if col.null_count or not pa.types.is_integer(col.type):
+            raise ValueError(f"{fn}: {f}: column {c} must hold integers without nulls, got {col.type} "
+                             f"({col.null_count} nulls)")
+        a = col.to_numpy()
+        bad = np.flatnonzero((a < 0) | (a >= levels[l]))
+        if bad.size:
+            raise ValueError(f"{fn}: {f}: column {c} row {int(bad[0])} is {int(a[bad[0]])}, outside [0, {levels[l]})")
+        out[:, l] = a
+    return out
+
+
 def read_labels(paths, *, fn: str = "read_labels") -> Labels:
-    """Reads :func:`label` outputs (files, or directories: in manifest order, else sorted) into :class:`Labels`."""
+    """Reads :func:`label` outputs (files, or directories: in manifest order, else sorted) into :class:`Labels`.
+
+    Paths may be URIs on a pyarrow filesystem (``s3://bucket/labels``): their manifest and labels files are
+    copied to a temporary directory and read from there; ``files`` then names the URIs.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if any(is_uri(p) for p in paths):
+        return _read_labels_uri(list(paths), fn)
     import pyarrow.parquet as pq
 
     codes, rows, shard, files, sources, shard_names = [], [], [], [], [], []
@@ -514,7 +608,7 @@ def read_labels(paths, *, fn: str = "read_labels") -> Labels:
                              f"{entry.get('source')} (fingerprint {entry.get('source_fingerprint')}), the file holds "
                              f"{nrows} rows of {meta.get('source')} ({meta.get('source_fingerprint')}); rerun "
                              f"hermes label into that directory to rewrite the manifest")
-        lv = tuple(meta["model"]["levels"])
+        lv = _meta_levels(fn, f, meta)
         if levels is None:
             levels, model = lv, meta["model"]
         elif lv != levels or meta["model"].get("fingerprint") != model.get("fingerprint"):
@@ -526,7 +620,8 @@ def read_labels(paths, *, fn: str = "read_labels") -> Labels:
             t = pq.read_table(f, columns=cols)
         except Exception as e:
             raise ValueError(f"{fn}: {f} could not be read (columns {cols}): {e}") from None
-        codes.append(np.stack([t.column(c).to_numpy().astype(np.int32) for c in cols[1:]], axis=1))
+        c = _checked_codes(fn, f, t, cols, lv)
+        codes.append(c)
         rows.append(t.column("row").to_numpy().astype(np.int64))
         shard.append(np.full(t.num_rows, i, np.int32))
         files.append(str(f))
@@ -534,3 +629,53 @@ def read_labels(paths, *, fn: str = "read_labels") -> Labels:
         shard_names.append(meta.get("shard") or Path(str(meta.get("source"))).name)
     return Labels(codes=np.concatenate(codes), levels=levels, rows=np.concatenate(rows), shard=np.concatenate(shard),
                   files=files, sources=sources, shards=shard_names, model=model)
+
+
+def _read_labels_uri(paths: list, fn: str) -> Labels:
+    """read_labels over URIs: each URI (a labels file, or a directory: its manifest's files, else its *.parquet)
+    is copied into a temporary directory, read there, and reported under its URI."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    from ._io import download, open_uri, uri_join
+
+    stage = tempfile.mkdtemp(prefix="hermes-labels-")
+    try:
+        local, back = [], {}
+        for i, p in enumerate(paths):
+            if not is_uri(p):
+                local.append(p)
+                continue
+            fs, key = open_uri(p, fn)
+            info = fs.get_file_info(key)
+            d = os.path.join(stage, str(i))
+            os.makedirs(d)
+            if info.type == pafs.FileType.File:
+                name = key.rsplit("/", 1)[-1]
+                download(p, os.path.join(d, name), fn)
+                local.append(os.path.join(d, name))
+                back[os.path.join(d, name)] = p
+                continue
+            if info.type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"{fn}: no such labels file or directory: {p}")
+            names = [f.path.rsplit("/", 1)[-1] for f in fs.get_file_info(pafs.FileSelector(key.rstrip("/")))
+                     if f.type == pafs.FileType.File]
+            if MANIFEST in names:
+                download(uri_join(p, MANIFEST), os.path.join(d, MANIFEST), fn)
+                try:
+                    want = [e["output"] for e in json.loads(Path(d, MANIFEST).read_text())["shards"]]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{fn}: {uri_join(p, MANIFEST)} is not a valid hermes manifest: {e}") from None
+            else:
+                want = sorted(n for n in names if n.endswith(".parquet") and not n.startswith("."))
+            for name in want:
+                if name in names:
+                    download(uri_join(p, name), os.path.join(d, name), fn)
+                back[os.path.join(d, name)] = uri_join(p, name)
+            local.append(d)
+        lab = read_labels(local, fn=fn)
+        lab.files = [back.get(f, f) for f in lab.files]
+        return lab
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -362,8 +362,8 @@ def _slots(codes: np.ndarray, levels, n_depths: int):
 
 
 def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None = 10, queries: int = 1000,
-                     sample: int | None = None, seed: int = 0, small: int = 30, block: int = 16384,
-                     memory: int = 1 << 28, progress: bool = False) -> tuple:
+                     sample: int | None = None, seed: int = 0, small: int = 30, block: int = 8192,
+                     memory: int = 1 << 28, progress: bool = False, fn: str = "report_streaming") -> tuple:
     """:func:`report` over embeddings read block by block: memory bounded, any N.
 
     stream: a :class:`hermes._stream.EmbeddingStream` (or any object with ``n``, ``d``, ``blocks(rows, keep)``
@@ -381,12 +381,13 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
       ``np.random.default_rng(seed)`` (the queries then come from the sample, searched against the sample);
       entropy, pool sizes, nmi and purity always use all N.
 
+    fn: the name error messages start with (the caller's, e.g. ``hermes stats``).
+
     Returns (rows as :func:`report`, info dict: n_scored, sampled, queries, passes, slots).
     """
     import torch
     from tqdm.auto import tqdm
 
-    fn = "report_streaming"
     codes, levels = _b._check_codes(codes, levels, fn)
     n, L = codes.shape
     if stream.n != n:

@@ -215,6 +215,12 @@ def _check_vector(v, n, fn: str, name: str, integer_ok=True) -> np.ndarray:
     return v
 
 
+def _check_p(p, fn: str) -> float:
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+        raise ValueError(f"{fn}: p must be a fraction in (0, 1], got {p!r}")
+    return float(p)
+
+
 def _eligible_top(q: np.ndarray, sub_inv: np.ndarray, sub_size: np.ndarray, p: float) -> np.ndarray:
     """Mask [N]: q >= the (1 - p) quantile of q within the doc's sub-bucket (numpy "linear")."""
     order = np.lexsort((q, sub_inv))
@@ -252,10 +258,9 @@ def _mixture(fn, codes, levels, depth, stage1, stage2, quality, p) -> _Mixture:
     if stage2 == "quality":
         if quality is None:
             raise ValueError(f"{fn}: stage2='quality' needs quality scores [N], got quality=None")
-        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
-            raise ValueError(f"{fn}: p must be a fraction in (0, 1], got {p!r}")
+        p = _check_p(p, fn)
         q = _check_vector(quality, n, fn, "quality")
-        elig = _eligible_top(q, m.sub_inv, m.sub_size, float(p)) if n else np.zeros(0, bool)
+        elig = _eligible_top(q, m.sub_inv, m.sub_size, p) if n else np.zeros(0, bool)
         m.sub_elig = np.bincount(m.sub_inv[elig], minlength=m.sub_ids.size)
         m.sub_mass = m.w[m.sub_l1] * m.sub_size / m.n1[m.sub_l1]
         m.prob = np.where(elig, w_doc * m.sub_size[m.sub_inv] / m.n1[m.l1_inv]

@@ -1,6 +1,8 @@
 """The hermes Model: codebooks, the Learned Semantic Transform (W, b), the metric, and save/load."""
 from __future__ import annotations
 
+import os
+
 import json
 import math
 import re
@@ -9,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ._backend import _C
 from ._io import atomic_path
 from ._validate import check_finite_array, check_metric, describe, is_torch
 
 FORMAT = "hermes-model"
 FORMAT_VERSION = 1
-MAX_LEVELS = 8
+MAX_LEVELS = int(_C.MAX_LEVELS)  # the executors' limit (csrc/core kMaxLevels), defined once in C++
 MAX_CODEWORDS = 65536
-METRICS = {"l2": 0, "cos": 1}
+METRICS = {"l2": int(_C.METRIC_L2), "cos": int(_C.METRIC_COS)}  # the executors' metric codes (csrc/core)
 
 
 def codeword_term(C, metric: str):
@@ -192,7 +195,9 @@ class Model:
         """Writes the model to ``path`` (safetensors + JSON metadata), atomically (temp file + rename)."""
         from safetensors.numpy import save_file
 
-        path = Path(path)
+        from ._io import is_uri
+
+        path = path if is_uri(path) else Path(path)  # a URI (s3://...) is published as a whole object
         tensors = {f"codebook.{i}": c for i, c in enumerate(self.codebooks)}
         if self.W is not None:
             tensors["W"] = self.W
@@ -210,6 +215,18 @@ def load(path) -> Model:
     """Reads a model written by :meth:`Model.save`. Errors name the file and what is wrong with it."""
     from safetensors import safe_open
 
+    from ._io import download, is_uri
+
+    if is_uri(path):  # s3://, gs://, ...: a local copy, read like a file
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="hermes-model-") as d:
+            local = os.path.join(d, "model.safetensors")
+            try:
+                download(path, local, "hermes.load")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"hermes.load: no model file at {path}") from None
+            return load(local)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"hermes.load: no model file at {path}")

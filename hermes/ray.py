@@ -115,6 +115,8 @@ _FAULT_ENV = "HERMES_RAY_FAULT_KILL_ONCE"  # fault injection for the tests: a fi
 
 def _read_rows(s, lo: int, hi: int) -> np.ndarray:
     """Rows [lo, hi) of an opened shard (hermes.readers), float [hi - lo, d], reading only what they need."""
+    if hasattr(s, "rows"):  # shards on object storage: one ranged read
+        return s.rows(lo, hi)
     if s.kind == "npy":
         return s.x[lo:hi]
     if s.kind == "safetensors":
@@ -140,6 +142,43 @@ def _read_rows(s, lo: int, hi: int) -> np.ndarray:
                                s.d)
     rows = [b for b0, b in s.batches(hi - lo) if b0 == lo]  # other readers: ranges are batch-aligned
     return rows[0]
+
+
+def _join(base: str, name: str) -> str:
+    from ._io import is_uri, uri_join
+
+    return uri_join(base, name) if is_uri(base) else os.path.join(base, name)
+
+
+def _list_parts(d: str) -> list:
+    """File names in the parts directory d (a local path or a URI), created when missing."""
+    from ._io import is_uri, open_uri
+
+    if not is_uri(d):
+        os.makedirs(d, exist_ok=True)
+        return os.listdir(d)
+    import pyarrow.fs as pafs
+
+    fs, key = open_uri(d, "label")
+    return [i.path.rsplit("/", 1)[-1] for i in fs.get_file_info(pafs.FileSelector(key, allow_not_found=True))
+            if i.type == pafs.FileType.File]
+
+
+def _remove(path: str, tree: bool = False) -> None:
+    from ._io import is_uri, open_uri
+
+    if is_uri(path):
+        fs, key = open_uri(path, "label")
+        try:
+            fs.delete_dir(key) if tree else fs.delete_file(key)
+        except OSError:
+            pass
+    elif tree:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 def _part_name(lo: int, hi: int) -> str:
@@ -197,7 +236,7 @@ class RangeLabeler:
                 codes = assign_codes(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device),
                                      self.model).cpu().numpy()
             table = pa.Table.from_pydict(label_columns(codes, self.levels, lo))
-            path = os.path.join(self.parts[i], _part_name(lo, hi))
+            path = _join(self.parts[i], _part_name(lo, hi))
 
             def write(tmp, table=table):
                 pq.write_table(table, tmp, compression=self.compression)
@@ -230,7 +269,7 @@ def _join_parts(fn: str, parts_dir: str, ranges: list, out, meta: dict, levels, 
     def write(tmp):
         with pq.ParquetWriter(tmp, schema, compression=compression) as w:
             for lo, hi in ranges:
-                t = pq.read_table(os.path.join(parts_dir, _part_name(lo, hi)))
+                t = pq.read_table(_join(parts_dir, _part_name(lo, hi)))
                 if t.num_rows != hi - lo or t.column("row")[0].as_py() != lo:
                     raise ValueError(f"{fn}: part {_part_name(lo, hi)} of {out} holds {t.num_rows} rows from "
                                      f"{t.column('row')[0]}, expected rows {lo}..{hi - 1}")
@@ -242,7 +281,7 @@ def _join_parts(fn: str, parts_dir: str, ranges: list, out, meta: dict, levels, 
 def label_ranges(fn: str, todo: list, model: Model, *, batch_size: int, device: str, compression: str, bar=None,
                  column: str = "embedding", tensor=None, address: str | None = None, concurrency: int | None = None,
                  num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0, runtime_env: dict | None = None,
-                 ) -> dict:
+                 parts_root: str | None = None) -> dict:
     """Labels shards on Ray (the ``engine="ray"`` path of :func:`hermes.label`).
 
     Args:
@@ -281,14 +320,14 @@ def label_ranges(fn: str, todo: list, model: Model, *, batch_size: int, device: 
     shards, parts, items, plan = [], [], [], []
     for i, (s, out, meta) in enumerate(todo):
         out = str(out)
-        d = os.path.join(os.path.dirname(out), ".hermes-parts",
-                         f"{s.stem}.{meta['model']['fingerprint']}.{meta['source_fingerprint']}")
-        os.makedirs(d, exist_ok=True)
-        for stale in os.listdir(d):
+        root = parts_root or os.path.join(os.path.dirname(out), ".hermes-parts")
+        d = _join(root, f"{s.stem}.{meta['model']['fingerprint']}.{meta['source_fingerprint']}")
+        names = _list_parts(d)
+        for stale in names:
             if stale.startswith("."):
-                os.unlink(os.path.join(d, stale))  # a temporary part of a killed worker
+                _remove(_join(d, stale))  # a temporary part of a killed worker
         ranges = [(lo, min(lo + batch_size, s.n)) for lo in range(0, s.n, batch_size)]
-        done = set(os.listdir(d))
+        done = set(names)
         shards.append(s.source)
         parts.append(d)
         plan.append(ranges)
@@ -313,16 +352,25 @@ def label_ranges(fn: str, todo: list, model: Model, *, batch_size: int, device: 
                 if bar is not None:
                     bar.update(rows)
     for (s, out, meta), d, ranges in zip(todo, parts, plan):
-        missing = [_part_name(lo, hi) for lo, hi in ranges if not os.path.exists(os.path.join(d, _part_name(lo, hi)))]
+        have = set(_list_parts(d))
+        missing = [_part_name(lo, hi) for lo, hi in ranges if _part_name(lo, hi) not in have]
         if missing:
             raise RuntimeError(f"{fn}: Ray finished but {len(missing)} part(s) of {s.name} are missing "
                                f"(first {missing[0]}); rerun to label them")
         _join_parts(fn, d, ranges, out, meta, model.levels, compression)
-        import shutil
+        _remove(d, tree=True)
+    if parts_root is None:
+        try:
+            os.rmdir(os.path.join(os.path.dirname(str(todo[0][1])), ".hermes-parts"))
+        except OSError:
+            pass
+    else:  # object storage: drop the (empty) parts prefix and its directory marker
+        import pyarrow.fs as pafs
 
-        shutil.rmtree(d, ignore_errors=True)
-    try:
-        os.rmdir(os.path.join(os.path.dirname(str(todo[0][1])), ".hermes-parts"))
-    except OSError:
-        pass
+        from ._io import open_uri
+
+        fs, key = open_uri(parts_root, fn)
+        left = fs.get_file_info(pafs.FileSelector(key, recursive=True, allow_not_found=True))
+        if not any(i.type == pafs.FileType.File for i in left):
+            _remove(parts_root, tree=True)
     return nodes

@@ -61,10 +61,12 @@ class Shard:
         rerun recognizes its inputs by content, never by file name."""
         import hashlib
 
+        buf = bytearray(1 << 20)  # one reused buffer: hashing a shard adds nothing to the resident memory
+        view = memoryview(buf)
         h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while block := f.read(8 << 20):
-                h.update(block)
+        with open(self.path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                h.update(view[:n])
         return h.hexdigest()[:32]
 
     def close(self) -> None:
@@ -257,7 +259,9 @@ class ParquetShard(Shard):
         if pa.types.is_fixed_size_list(t):
             self.d = t.list_size
         elif self.n:
-            first = next(self.pf.iter_batches(batch_size=1, columns=[column]))
+            # streamed: a pre-buffered reader would fetch (and the allocator keep) the whole first column chunk
+            first = next(self._open(metadata=self.pf.metadata, stream=True).iter_batches(batch_size=1,
+                                                                                        columns=[column]))
             self.d = _list_to_matrix(fn, first.column(0), f"{path}, column {column!r}", 0).shape[1]
         md = self.pf.metadata
         self.row_groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
@@ -377,6 +381,12 @@ def open_shard(path, *, column: str = "embedding", tensor: str | None = None, fn
         a :class:`Shard` with ``n``, ``d``, ``dtype``, ``kind``, ``name``, ``stem``, ``source`` and
         ``batches(batch_size)`` yielding ``(row0, float array [b, d])``.
     """
+    from ._io import is_uri
+
+    if is_uri(path):  # s3://, gs://, hdfs://, ...: the same readers through a pyarrow filesystem
+        from ._remote import open_remote_shard
+
+        return open_remote_shard(path, column=column, tensor=tensor, fn=fn)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{fn}: no such file: {path}")
@@ -390,8 +400,15 @@ def expand_inputs(fn: str, inputs) -> list[Path]:
     """Paths from a path, a list of paths, or directories (their supported files, sorted)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    from ._io import is_uri
+
     out = []
     for p in inputs:
+        if is_uri(p):
+            from ._remote import expand_remote
+
+            out += expand_remote(fn, p)
+            continue
         p = Path(p)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix.lower() in SUFFIXES and not q.name.startswith("."))
@@ -405,6 +422,11 @@ def expand_inputs(fn: str, inputs) -> list[Path]:
     if not out:
         raise ValueError(f"{fn}: no input shards given")
     return out
+
+
+def sample_rows(total: int, sample: int, seed: int) -> np.ndarray:
+    """The sorted global row ids [sample] that read_embeddings(sample=, seed=) reads, of ``total`` rows."""
+    return np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
 
 
 def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = None, sample: int | None = None,
@@ -427,16 +449,17 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
 
     seed = check_seed(fn, seed)
     if sample is None or sample >= total:
-        if len(shards) == 1 and shards[0].kind == "npy":
-            # a numpy.memmap, which fit streams instead of loading (the shard's own mapping is a plain ndarray)
+        if len(shards) == 1 and shards[0].kind == "npy" and getattr(shards[0], "x", None) is not None:
+            # a local .npy: a numpy.memmap, which fit streams instead of loading (the shard's own mapping is a
+            # plain ndarray)
             return np.load(shards[0].path, mmap_mode="r", allow_pickle=False)
         parts = [b for s in shards for _, b in s.batches(batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, d.pop() if d else 0), np.float32)
-    keep = np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
+    keep = sample_rows(total, sample, seed)
     parts, base = [], 0
     for s in shards:
         mine = keep[(keep >= base) & (keep < base + s.n)] - base
-        if s.kind == "npy":
+        if getattr(s, "x", None) is not None:
             parts.append(np.asarray(s.x[mine]))
         elif mine.size:
             for lo, b in s.batches(batch_size):

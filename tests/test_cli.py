@@ -120,6 +120,23 @@ def test_stats(run, world):
            "against a sample of 50 documents (seed 0)" in r3.output
     r2 = run("stats", "labels")  # without embeddings: entropy and pool sizes only
     assert "centroid_cosine" not in r2.output and "share_below" in r2.output
+    # document-weighted pool sizes, and the eligible pool under quality top-p
+    pool_head = [ln for ln in r2.output.splitlines() if ln.startswith("name ") and "nominal" in ln][0].split()
+    row = dict(zip(pool_head, [ln for ln in r2.output.splitlines() if ln.startswith("L12 ")][-1].split()))
+    sizes = np.bincount(hermes.buckets.bucket_ids(codes, 2, LEVELS))
+    sizes = sizes[sizes > 0]
+    per_doc = np.repeat(sizes, sizes)
+    assert float(row["doc_median"]) == np.quantile(per_doc, 0.5, method="inverted_cdf")
+    assert float(row["doc_p90"]) == np.quantile(per_doc, 0.9, method="inverted_cdf")
+    q = world["x"][:, 1].astype(np.float64)
+    np.save(world["dir"] / "q.npy", q)
+    r4 = run("stats", "labels", "--quality", "q.npy", "--p", "0.5")
+    assert "eligible pool under quality top-p = 0.5" in r4.output
+    el = [ln.split() for ln in r4.output.splitlines() if ln.startswith("L1 ")][-1]
+    from hermes.mix import probabilities
+
+    kept = int((probabilities(codes, LEVELS, depth=1, stage2="quality", quality=q, p=0.5) > 0).sum())
+    assert int(el[2]) == kept
 
 
 def test_stats_plot(run, world):
@@ -211,9 +228,9 @@ def test_label_bad_input(run, world):
 
 def test_fit_then_info(run, world):
     pytest.importorskip("hermes.train")
-    r = run("fit", "a.npy", "b.parquet", "--out", "fitted.safetensors", "--levels", "4,3", "--method", "rvq",
+    r = run("fit", "a.npy", "b.parquet", "--out", "fitted.safetensors", "--levels", "4,3", "--method", "residual_kmeans",
             "--sample", "150", "--no-progress")
-    assert r.output.startswith("fitted rvq on 150 x 16 embeddings (levels 4,3, metric cos)")
+    assert r.output.startswith("fitted residual_kmeans on 150 x 16 embeddings (levels 4,3, metric cos)")
     m = hermes.load(world["dir"] / "fitted.safetensors")
     assert m.levels == (4, 3) and m.d == D
     info = run("info", "fitted.safetensors").output
@@ -221,6 +238,14 @@ def test_fit_then_info(run, world):
     assert "fingerprint" in info
     _fail(run, "fit", "a.npy", "--out", "x.safetensors", "--levels", "4,x", match=r"Invalid value for '--levels'")
     _fail(run, "fit", "a.npy", "--out", "x.safetensors", "--resume", match=r"--resume needs --checkpoint-dir")
+    _fail(run, "fit", "a.npy", "--out", "x.safetensors", "--method", "rvq",
+          match=r"'rvq' was residual k-means and is now called 'residual_kmeans'.*'plain_rvq'")
+    _fail(run, "fit", "a.npy", "--out", "x.safetensors", "--method", "pq",
+          match=r"expected one of hermes, plain_rvq, residual_kmeans, got 'pq'")
+    assert "hermes|plain_rvq|residual_kmeans" in run("fit", "--help").output
+    r = run("fit", "a.npy", "--out", "p.safetensors", "--levels", "4,3", "--method", "plain_rvq", "--epochs", "1",
+            "--no-progress")
+    assert r.output.startswith("fitted plain_rvq on 120 x 16 embeddings") and hermes.load(world["dir"] / "p.safetensors").W is None
 
 
 def test_info_without_model(run):
@@ -233,7 +258,7 @@ def test_cli_end_to_end_on_real_data(run, tmp_path, real_embeddings):
     """A 3,000-row slice of the bundled embeddings through fit (rvq on 1,000 of them) -> label -> stats -> mix."""
     pytest.importorskip("hermes.train")
     np.save(tmp_path / "real.npy", real_embeddings[:3000])
-    run("fit", "real.npy", "--out", "m.safetensors", "--levels", "16,8", "--method", "rvq", "--sample", "1000",
+    run("fit", "real.npy", "--out", "m.safetensors", "--levels", "16,8", "--method", "residual_kmeans", "--sample", "1000",
         "--no-progress")
     run("label", "-m", "m.safetensors", "-o", "lab", "real.npy", "--no-progress")
     out = run("stats", "lab", "--embeddings", "real.npy", "--k", "5").output

@@ -57,7 +57,7 @@ def test_every_batch_size_names_the_same_row(bs):
 def test_overflowing_finite_row_is_not_called_nan():
     x = np.ones((5, D), np.float32)
     x[3] = 3e19  # norm 8.5e19: finite, but its square is not
-    for call in (lambda: hermes.assign_codes(x, model()), lambda: hermes.fit(x, (2,), method="rvq", progress=False),
+    for call in (lambda: hermes.assign_codes(x, model()), lambda: hermes.fit(x, (2,), method="residual_kmeans", progress=False),
                  lambda: hermes.kmeans(x, 2)):
         with pytest.raises(ValueError) as e:
             call()
@@ -112,7 +112,7 @@ def test_seeds_checked_with_hermes_messages(tmp_path, seed):
     codes = np.stack([ids, ids], 1)
     np.save(tmp_path / "x.npy", x)
     calls = {
-        "fit": lambda: hermes.fit(x, (3,), method="rvq", seed=seed, progress=False),
+        "fit": lambda: hermes.fit(x, (3,), method="residual_kmeans", seed=seed, progress=False),
         "kmeans": lambda: hermes.kmeans(x, 3, seed=seed),
         "sample": lambda: hermes.mix.sample(codes, 5, levels=(3, 3), seed=seed),
         "read_embeddings": lambda: read_embeddings(tmp_path / "x.npy", sample=5, seed=seed),
@@ -156,3 +156,23 @@ def test_json_manifest_error_names_the_file(tmp_path):
     (tmp_path / "out" / "manifest.json").write_text(json.dumps({"format": "hermes-labels", "shards": [{}]}))
     with pytest.raises(ValueError, match=r"^read_labels: .*out/manifest\.json is not a valid hermes manifest"):
         L.read_labels(tmp_path / "out")
+
+
+@pytest.mark.parametrize("sample", [None, 70])
+def test_fit_cli_names_the_input_file_and_row(tmp_path, monkeypatch, sample):
+    """fit sees one array (the inputs one after another, or a sample of them); the error names file and row."""
+    from hermes.readers import sample_rows
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.save("a.npy", rng.standard_normal((40, D)).astype(np.float32))
+    b = rng.standard_normal((40, D)).astype(np.float32)
+    bad = 33
+    if sample is not None:
+        assert 40 + bad in sample_rows(80, sample, 0)  # the sample holds the bad row
+    b[bad, 1] = np.nan
+    np.save("b.npy", b)
+    args = ["fit", "a.npy", "b.npy", "--out", "m.safetensors", "--method", "residual_kmeans", "--levels", "3", "--no-progress"]
+    r = CliRunner().invoke(main, args + (["--sample", str(sample)] if sample else []))
+    assert r.exit_code == 1 and f"Error: hermes fit: b.npy row {bad} contains NaN or Inf" in r.output, r.output
+    assert not (tmp_path / "m.safetensors").exists()

@@ -84,24 +84,24 @@ SIDE = ["quality.npy", "tokens.npy", "weights.json"]
 
 @pytest.mark.parametrize("target", EMB_INPUTS + ["notes.txt", "lab/a.parquet", "sample.parquet", "photo.png"])
 def test_fit_out_never_replaces_an_input_or_a_foreign_file(world, target):
-    err = refused("fit", "data/a.npy", "data/c.safetensors", "--out", target, "--method", "rvq", "--levels", "4,3",
+    err = refused("fit", "data/a.npy", "data/c.safetensors", "--out", target, "--method", "residual_kmeans", "--levels", "4,3",
                   "--no-progress", match="--out")
     assert target in err
 
 
 def test_fit_out_directory_and_checkpoint_dir(world):
-    refused("fit", "data/a.npy", "--out", "lab", "--method", "rvq", "--levels", "4,3", "--no-progress")
-    refused("fit", "data/a.npy", "--out", "m2.safetensors", "--checkpoint-dir", "data/a.npy", "--method", "rvq",
+    refused("fit", "data/a.npy", "--out", "lab", "--method", "residual_kmeans", "--levels", "4,3", "--no-progress")
+    refused("fit", "data/a.npy", "--out", "m2.safetensors", "--checkpoint-dir", "data/a.npy", "--method", "residual_kmeans",
             "--levels", "4,3")
-    refused("fit", "data", "--out", "m2.safetensors", "--checkpoint-dir", "data", "--method", "rvq",
+    refused("fit", "data", "--out", "m2.safetensors", "--checkpoint-dir", "data", "--method", "residual_kmeans",
             "--levels", "4,3", "--no-progress", match="--checkpoint-dir")
     # an input found inside an input directory counts as an input
-    refused("fit", "data/a.npy", "data/c.safetensors", "--out", "data/../data/c.safetensors", "--method", "rvq",
+    refused("fit", "data/a.npy", "data/c.safetensors", "--out", "data/../data/c.safetensors", "--method", "residual_kmeans",
             "--levels", "4,3", "--no-progress", match="is also the input")
 
 
 def test_fit_may_replace_its_own_model(world):
-    args = ["fit", "data/a.npy", "--out", "model.safetensors", "--method", "rvq", "--levels", "4,3", "--no-progress"]
+    args = ["fit", "data/a.npy", "--out", "model.safetensors", "--method", "residual_kmeans", "--levels", "4,3", "--no-progress"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert hermes.load("model.safetensors").levels == LEVELS
@@ -195,6 +195,21 @@ def test_check_outputs_compares_files_not_strings(tmp_path):
     check_outputs("f", [Output("--x", tmp_path / "n1"), Output("--y", tmp_path / "n2")], [("the input a", a)])
 
 
+def test_kind_predicates(tmp_path):
+    from hermes._io import owns_csv_header, owns_hermes_parquet, owns_hermes_safetensors, owns_html, owns_image
+
+    page, png, csv = tmp_path / "p.html", tmp_path / "i.png", tmp_path / "plan.csv"
+    page.write_text("\n  <!DOCTYPE html><html></html>")
+    png.write_bytes(b"\x89PNG\r\n\x1a\n rest")
+    csv.write_text('"l1","bucket","size"\n1,2,3\n')
+    assert owns_html(page) and not owns_html(png) and owns_image(png) and not owns_image(page)
+    assert owns_csv_header("l1,bucket")(csv) and not owns_csv_header("l1,bucket")(page)
+    hermes.Model([np.eye(2, dtype=np.float32)]).save(tmp_path / "m.safetensors")
+    assert owns_hermes_safetensors("hermes-model")(tmp_path / "m.safetensors")
+    for p in (page, png, csv, tmp_path / "missing"):
+        assert not owns_hermes_safetensors("hermes-model")(p) and not owns_hermes_parquet("hermes-mix")(p)
+
+
 def test_atomic_write_errors_name_the_users_path(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(OSError) as e:
@@ -205,3 +220,17 @@ def test_atomic_write_errors_name_the_users_path(tmp_path):
         hermes.Model([np.eye(2, dtype=np.float32)]).save(tmp_path / "f" / "model.safetensors")
     assert str(tmp_path / "f" / "model.safetensors") in str(e.value) and ".tmp" not in str(e.value)
     assert sorted(os.listdir(tmp_path)) == ["d", "f"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("out,inp", [("data", "data/a.npy"), ("data/../data", "data"), ("data/a.npy", "data/b.parquet"),
+                                     ("model.safetensors", "data/b.parquet")])
+def test_convert_out_never_an_input(world, out, inp):
+    for flag in ([], ["--overwrite"]):
+        refused("convert", inp, "--out", out, "--no-progress", *flag)
+
+
+def test_convert_refuses_a_foreign_file_where_its_output_goes(world):
+    os.makedirs("conv")
+    (world / "conv" / "b.npy").write_text("not an array")
+    for flag in ([], ["--overwrite"]):
+        refused("convert", "data/b.parquet", "--out", "conv", "--no-progress", *flag)

@@ -153,7 +153,7 @@ def test_stats_cli_embeddings(tmp_path, monkeypatch, row):
     hermes.label("clean.npy", m, "lab", progress=False)
     np.save("bad.npy", poisoned(row, np.nan))
     r = CliRunner().invoke(main, ["stats", "lab", "--embeddings", "bad.npy", "--no-progress"])
-    assert r.exit_code == 1 and f"bad.npy row {row} contains NaN or Inf" in r.output, r.output
+    assert r.exit_code == 1 and f"Error: hermes stats: bad.npy row {row} contains NaN or Inf" in r.output, r.output
 
 
 # ----------------------------------------------------------------------------- kernels and labeling
@@ -195,7 +195,7 @@ def test_fit_rvq_checks_rows_outside_its_kmeans_sample(row, value):
     if value == "big":
         x[row] = BIG
     what = "is finite but too large for float32" if value == "big" else "contains NaN or Inf"
-    for kw in [dict(method="rvq", max_points_per_centroid=4), dict(method="rvq"),
+    for kw in [dict(method="residual_kmeans", max_points_per_centroid=4), dict(method="residual_kmeans"),
                dict(method="hermes", epochs=0)]:
         with pytest.raises(ValueError, match=rf"^fit: x row {row} {what}"):
             hermes.fit(x, (4, 3), progress=False, **kw)
@@ -207,9 +207,9 @@ def test_fit_rvq_sample_really_skips_the_row():
     """The case the check exists for: with a 16-row k-means sample, most rows are never read by k-means."""
     x = poisoned(N - 1, np.nan)
     with pytest.raises(ValueError, match=rf"x row {N - 1} contains NaN"):
-        hermes.fit(x, (4, 3), method="rvq", max_points_per_centroid=4, progress=False)
+        hermes.fit(x, (4, 3), method="residual_kmeans", max_points_per_centroid=4, progress=False)
     clean = data()
-    m = hermes.fit(clean, (4, 3), method="rvq", max_points_per_centroid=4, progress=False)
+    m = hermes.fit(clean, (4, 3), method="residual_kmeans", max_points_per_centroid=4, progress=False)
     assert m.train_stats["rows_used"] == 16 < N
 
 

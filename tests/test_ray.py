@@ -39,7 +39,7 @@ def world(tmp_path_factory):
     pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[3500:].reshape(-1)),
                                                                              x.shape[1])}), root / "b.parquet",
                    row_group_size=700)
-    model = hermes.fit(x[:2000].astype(np.float32), (16, 8, 8), method="rvq", progress=False, seed=0)
+    model = hermes.fit(x[:2000].astype(np.float32), (16, 8, 8), method="residual_kmeans", progress=False, seed=0)
     model.save(root / "m.safetensors")
     hermes.label([root / "a.npy", root / "b.parquet"], root / "m.safetensors", root / "local", progress=False,
                  device="cpu")

@@ -189,3 +189,52 @@ def test_cli_names_the_weights_file_and_key(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["mix", "lab", "--budget", "5", "--stage1", "dup.json", "--out", "s.parquet"])
     assert r.exit_code == 1 and "dup.json" in r.output and "key '2' twice" in r.output, r.output
     assert not (tmp_path / "s.parquet").exists()
+
+
+# ------------------------------------------------------------------------------------------ labels files
+@pytest.fixture
+def labels_file(tmp_path):
+    rng = np.random.default_rng(0)
+    m = hermes.Model([rng.standard_normal((K, D)).astype(np.float32) for K in (4, 3)])
+    np.save(tmp_path / "x.npy", rng.standard_normal((30, D)).astype(np.float32))
+    hermes.label(tmp_path / "x.npy", m, tmp_path / "lab", progress=False)
+    return tmp_path / "lab" / "x.parquet"
+
+
+def _rewrite(path, table=None, meta_edit=None):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path) if table is None else table
+    meta = json.loads(pq.read_schema(path).metadata[b"hermes"])
+    if meta_edit:
+        meta_edit(meta)
+    pq.write_table(t.replace_schema_metadata({"hermes": json.dumps(meta)}), path)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["model"].update(levels="[4, 3]"), lambda m: m["model"].update(levels=[4, True]),
+    lambda m: m["model"].update(levels=[4, 3.0]), lambda m: m["model"].update(levels=[]),
+    lambda m: m["model"].update(levels=[4, 0]), lambda m: m["model"].pop("levels"),
+    lambda m: m["model"].update(fingerprint=7), lambda m: m.update(model="m.safetensors"), lambda m: m.pop("model"),
+])
+def test_labels_metadata_malformed(labels_file, edit):
+    _rewrite(labels_file, meta_edit=edit)
+    with pytest.raises(ValueError, match=r"^read_labels: .*x\.parquet: metadata 'hermes' key 'model' must hold"):
+        hermes.read_labels(labels_file)
+
+
+@pytest.mark.parametrize("column,values,match", [
+    ("c1", [0] * 29 + [4], r"column c1 row 29 is 4, outside \[0, 4\)"),
+    ("c2", [-1] + [0] * 29, r"column c2 row 0 is -1, outside \[0, 3\)"),
+    ("c2", [0] * 14 + [None] + [0] * 15, r"column c2 must hold integers without nulls"),
+    ("c1", [0.0] * 30, r"column c1 must hold integers"),
+])
+def test_labels_codes_malformed(labels_file, column, values, match):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(labels_file)
+    t = t.set_column(t.schema.get_field_index(column), column, pa.array(values))
+    _rewrite(labels_file, table=t)
+    with pytest.raises(ValueError, match=rf"^read_labels: .*x\.parquet: {match}"):
+        hermes.read_labels(labels_file)
