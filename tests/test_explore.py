@@ -44,10 +44,10 @@ def cut(t, chars=explorer.TEXT_CHARS):
 
 @pytest.fixture(scope="session")
 def real(tmp_path_factory):
-    """The bundled data labeled by a plain-RVQ model (3 x 256), with a mix plan: codes [20000, 3], paths."""
+    """The bundled data labeled by a residual k-means model (3 x 256), with a mix plan: codes [20000, 3], paths."""
     d = tmp_path_factory.mktemp("explore_real")
     x = np.load(DATA / "pypi_minilm_20k.f16.npy")
-    model = hermes.fit(x, (256, 256, 256), method="rvq", progress=False, seed=0)
+    model = hermes.fit(x, (256, 256, 256), method="residual_kmeans", progress=False, seed=0)
     hermes.label(DATA / "pypi_minilm_20k.f16.npy", model, d / "labels", progress=False)
     codes = hermes.read_labels(d / "labels").codes
     r = CliRunner().invoke(main, ["mix", str(d / "labels"), "--budget", "5000", "--depth", "2", "--stage1", "2.0",
