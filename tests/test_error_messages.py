@@ -95,7 +95,8 @@ def test_a_full_disk_names_the_users_path(tmp_path):
         except OSError as e:
             print("ERR", e)
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ERR could not write " + str(tmp_path / "big.safetensors")), r.stdout
     assert ".tmp" not in r.stdout and os.listdir(tmp_path) == []

@@ -148,7 +148,7 @@ def test_label_stats_mix_on_s3_equal_local(s3, data):
 def test_fit_on_s3_and_atomic_publish(s3, data, tmp_path):
     out = _cli("fit", "s3://hermes/in/a.npy", "--out", "s3://hermes/models/fit.safetensors", "--method", "residual_kmeans",
                "--levels", "8,4", "--no-progress")
-    assert "fitted rvq on 1,200 x 384" in out
+    assert "fitted residual_kmeans on 1,200 x 384" in out
     m = hermes.load("s3://hermes/models/fit.safetensors")
     local = hermes.fit(np.load(data["dir"] / "a.npy"), (8, 4), method="residual_kmeans", progress=False)
     for a, b in zip(m.codebooks, local.codebooks):
