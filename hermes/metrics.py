@@ -491,14 +491,17 @@ def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progr
     """Per depth, sum_b ||sum_{i in b} u_i|| in one pass over the rows gathered in deepest-bucket order.
 
     Every depth's buckets are then contiguous runs of the stream: a block closes the runs that end in it (their
-    float64 sums' norms are added) and carries its last, open run per depth into the next block. Memory: one
-    block. ``search``: (unit queries, query positions, k, best values, best indices, query chunk) for Recall@k,
-    searched in the same pass, or None.
+    float64 sums' norms are added; a run of one row adds 1, or 0 for a zero row, without a sum) and carries its
+    last, open run per depth into the next block. Memory: about two blocks. ``search``: (unit queries, query
+    positions, k, best values, best indices, query chunk) for Recall@k, searched in the same pass, or None.
     """
     import torch
     from tqdm.auto import tqdm
 
-    L = len(invs)
+    from . import _C
+    from .assign import _nthreads
+
+    L, nt = len(invs), _nthreads()
     order = np.argsort(order_key, kind="stable")
     rows = order if keep is None else keep[order]
     totals = np.zeros(L)
@@ -507,38 +510,55 @@ def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progr
               dynamic_ncols=True) as bar:
         for lo, (_, x) in zip(range(0, order.size, block), stream.gather_blocks(rows, rows=block)):
             pos = order[lo:lo + block]  # positions among the scored documents
-            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-            if bad.size:
-                path, local = stream.locate(int(rows[lo + bad[0]]))
-                raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {int(rows[lo + bad[0]])} of "
-                                 f"the embeddings)")
-            u, _ = _unit_rows_np(x)
-            ut = torch.from_numpy(u)
+            u, norms = _unit_rows_checked(fn, stream, x, rows[lo:lo + block])
             if search is not None:
                 qv, q, k, best_v, best_i, qchunk = search
-                _search_rows(qv, q, ut, pos, k, best_v, best_i, qchunk)
-            sums, child_starts = ut, None
-            for depth in reversed(range(L)):
+                _search_rows(qv, q, torch.from_numpy(u), pos, k, best_v, best_i, qchunk)
+            b = pos.size
+            for depth in range(L):
                 g = invs[depth][pos]
                 starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-                at = starts if child_starts is None else np.searchsorted(child_starts, starts)
-                lengths = np.diff(np.r_[at, sums.shape[0]])
-                sums = torch.segment_reduce(sums, "sum", lengths=torch.from_numpy(lengths), axis=0)
-                child_starts = starts
-                s64 = sums.double()
-                first_id, c = g[starts[0]], carry[depth]
+                ends = np.r_[starts[1:], b]
+                need = ends - starts >= 2
+                need[0] = need[-1] = True  # the first run may continue the carry, the last stays open
+                lone = starts[~need]
+                totals[depth] += float(np.count_nonzero(norms[lone] > 0))
+                idx = np.flatnonzero(need)
+                sums = np.empty((idx.size, u.shape[1]), np.float64)
+                _C.run_sums_cpu(u, np.ascontiguousarray(starts[idx]), np.ascontiguousarray(ends[idx]), sums, nt)
+                c = carry[depth]
                 if c is not None:
-                    if c[0] == first_id:
-                        s64[0] += c[1]
+                    if c[0] == g[0]:
+                        sums[0] += c[1]
                     else:
-                        totals[depth] += float(torch.linalg.vector_norm(c[1]))
-                totals[depth] += float(torch.linalg.vector_norm(s64[:-1], dim=1).sum())
-                carry[depth] = (g[starts[-1]], s64[-1].clone())
-            bar.update(pos.size)
+                        totals[depth] += float(np.linalg.norm(c[1]))
+                if idx.size > 1:
+                    totals[depth] += float(np.linalg.norm(sums[:-1], axis=1).sum())
+                carry[depth] = (g[starts[-1]], sums[-1].copy())
+            bar.update(b)
     for depth in range(L):
         if carry[depth] is not None:
-            totals[depth] += float(torch.linalg.vector_norm(carry[depth][1]))
+            totals[depth] += float(np.linalg.norm(carry[depth][1]))
     return totals
+
+
+def _unit_rows_checked(fn, stream, x: np.ndarray, rows: np.ndarray) -> tuple:
+    """(unit rows float32 [b, d], norms float64 [b]) of a float16/float32 block whose global rows are ``rows``;
+    raises naming the shard file and row of its first row with NaN or Inf."""
+    from . import _C
+    from .assign import _nthreads
+
+    x = np.ascontiguousarray(x)
+    if x.dtype not in (np.float16, np.float32):
+        x = x.astype(np.float32)
+    u = np.empty(x.shape, np.float32)
+    norms = np.empty(x.shape[0], np.float64)
+    bad = _C.unit_rows_cpu(x, u, norms, _nthreads())
+    if bad >= 0:
+        row = int(rows[bad])
+        path, local = stream.locate(row)
+        raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {row} of the embeddings)")
+    return u, norms
 
 
 def _search_rows(qv, q: np.ndarray, u, ids: np.ndarray, k: int, best_v, best_i, qchunk: int) -> None:

@@ -230,6 +230,65 @@ def test_report_streaming_equals_report(tmp_path, kinds, memory):
     assert rows[0]["entropy"] == ref[0]["entropy"]  # bucket statistics stay those of all N
 
 
+@pytest.mark.parametrize("levels", [(3,), (4, 16), (2, 8, 64)])
+@pytest.mark.parametrize("block", [1, 2, 7, 64, 4096])
+def test_bucket_sorted_pass_any_block(tmp_path, levels, block):
+    """The bucket-sorted pass (runs carried across blocks, lone rows counted without a sum) equals the brute force
+    for any block size, over float16 and float32 .npy shards read together (mixed dtypes come as float32)."""
+    rng = np.random.default_rng(block)
+    n, d = 300, 19
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[7] = 0.0  # a zero row
+    x[200] *= 1e30  # a finite row whose norm overflows float32 (in the float32 shard)
+    codes = np.stack([rng.integers(0, K, n) for K in levels], 1)
+    codes[:50] = codes[0]  # one big bucket at every depth, longer than most blocks
+    stream = _stream(tmp_path, [x[:120].astype(np.float16), x[120:]], ["npy", "npy"])
+    x[:120] = x[:120].astype(np.float16)
+    assert stream.random_access
+    rows, info = hm.report_streaming(stream, codes, levels, k=None, block=block)
+    assert info["passes"] == 1 and info["slots"] == 0
+    for depth, r in enumerate(rows, 1):
+        ids = hb.bucket_ids(codes, depth, levels)
+        xs = x / np.abs(x).max(1, keepdims=True).clip(1e-30)
+        assert r["centroid_cosine"] == pytest.approx(brute_centroid_cosine(xs, ids), abs=1e-6)
+
+
+def test_unit_rows_and_run_sums_kernels():
+    """hermes._C.unit_rows_cpu / run_sums_cpu against numpy float64 (float16 and float32 rows, zero, overflowing,
+    subnormal and non-finite rows)."""
+    from hermes import _C
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((70, 37)).astype(np.float32)
+    x[3] = 0.0
+    x[4] *= 1e37  # |x|^2 overflows float32
+    x[5] = 1e-40  # every value subnormal
+    x16 = x.copy()
+    x16[4] = np.clip(x[4] / 1e37 * 3e4, -6e4, 6e4)  # large float16 values
+    for src in (x, x16.astype(np.float16)):
+        u, nrm = np.empty(src.shape, np.float32), np.empty(len(src))
+        assert _C.unit_rows_cpu(src, u, nrm, 2) == -1
+        x64 = src.astype(np.float64)
+        ref_n = np.linalg.norm(x64, axis=1)
+        ref_u = np.divide(x64, ref_n[:, None], out=np.zeros_like(x64), where=ref_n[:, None] > 0)
+        np.testing.assert_allclose(nrm, ref_n, rtol=1e-6)
+        np.testing.assert_allclose(u, ref_u, rtol=1e-5, atol=1e-7)
+        bad = src.copy()
+        bad[[40, 60], 9] = [np.inf, np.nan]
+        assert _C.unit_rows_cpu(bad, u, nrm, 2) == 40
+        bad[40, 9] = 0
+        assert _C.unit_rows_cpu(bad, u, nrm, 1) == 60
+    starts, ends = np.array([0, 5, 5, 30], np.int64), np.array([5, 5, 29, 70], np.int64)
+    for rows in (x[:, :], x.astype(np.float64)):
+        rows = np.ascontiguousarray(rows)
+        out = np.empty((4, 37))
+        _C.run_sums_cpu(rows, starts, ends, out, 2)
+        ref = np.stack([rows[a:e].astype(np.float64).sum(0) for a, e in zip(starts, ends)])
+        np.testing.assert_allclose(out, ref, rtol=1e-12)
+    with pytest.raises(ValueError, match="run_sums_cpu: runs must satisfy"):
+        _C.run_sums_cpu(x, np.array([3], np.int64), np.array([2], np.int64), np.empty((1, 37)), 1)
+
+
 def test_report_streaming_bad_input(tmp_path):
     x = np.ones((10, 4), np.float32)
     stream = _stream(tmp_path, [x], ["npy"])

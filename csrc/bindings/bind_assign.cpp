@@ -6,6 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -435,6 +439,84 @@ void bind_assign(py::module_& m) {
       },
       py::arg("in").noconvert(), py::arg("out").noconvert(), py::arg("nthreads"),
       "out[...] = float(in) for float16 data viewed as int16 (exact)");
+
+  m.def(
+      "unit_rows_cpu",
+      [](const py::array& x, py::array_t<float, py::array::c_style>& u, py::array_t<double, py::array::c_style>& norms,
+         int nthreads) -> int64_t {
+        const std::string fn = "unit_rows_cpu";
+        const bool half = x.dtype().is(py::dtype("float16"));
+        if (!half && !x.dtype().is(py::dtype::of<float>())) fail(fn, "x must be float16 or float32");
+        if (x.ndim() != 2 || !(x.flags() & py::array::c_style)) fail(fn, "x must be a C-contiguous [n, d] array");
+        const int64_t n = x.shape(0), d = x.shape(1);
+        if (u.ndim() != 2 || u.shape(0) != n || u.shape(1) != d) fail(fn, "u must be float32 [n, d] like x");
+        if (norms.ndim() != 1 || norms.shape(0) != n) fail(fn, "norms must be float64 [n]");
+        const void* xp = x.data();
+        float* up = u.mutable_data();
+        double* np_ = norms.mutable_data();
+        py::gil_scoped_release nogil;
+        return hermes::cpu::unit_rows(xp, half, n, d, up, np_, nthreads);
+      },
+      py::arg("x"), py::arg("u").noconvert(), py::arg("norms").noconvert(), py::arg("nthreads"),
+      "u = x / ||x|| per row (x float16/float32 [n, d]; zero rows and rows with NaN/Inf give 0), norms float64 "
+      "[n]; returns the first row with NaN or Inf, or -1");
+
+  m.def(
+      "run_sums_cpu",
+      [](const py::array& rows, const py::array_t<int64_t, py::array::c_style>& starts,
+         const py::array_t<int64_t, py::array::c_style>& ends, py::array_t<double, py::array::c_style>& out,
+         int nthreads) {
+        const std::string fn = "run_sums_cpu";
+        const bool f64 = rows.dtype().is(py::dtype::of<double>());
+        if (!f64 && !rows.dtype().is(py::dtype::of<float>())) fail(fn, "rows must be float32 or float64");
+        if (rows.ndim() != 2 || !(rows.flags() & py::array::c_style)) fail(fn, "rows must be C-contiguous [n, d]");
+        const int64_t n = rows.shape(0), d = rows.shape(1), k = starts.size();
+        if (ends.size() != k) fail(fn, "ends must have as many entries as starts");
+        if (out.ndim() != 2 || out.shape(0) != k || out.shape(1) != d) fail(fn, "out must be float64 [len(starts), d]");
+        const int64_t *s = starts.data(), *e = ends.data();
+        for (int64_t j = 0; j < k; ++j)
+          if (s[j] < 0 || s[j] > e[j] || e[j] > n) fail(fn, "runs must satisfy 0 <= starts[j] <= ends[j] <= n");
+        const void* rp = rows.data();
+        double* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        hermes::cpu::run_sums(rp, f64, d, s, e, k, op, nthreads);
+      },
+      py::arg("rows"), py::arg("starts").noconvert(), py::arg("ends").noconvert(), py::arg("out").noconvert(),
+      py::arg("nthreads"), "out[j] = sum of rows[starts[j]:ends[j]], in float64");
+
+  m.def(
+      "pread_rows_cpu",
+      [](int fd, const py::array_t<int64_t, py::array::c_style>& offsets, int64_t row_bytes, py::array& out) -> int64_t {
+        const std::string fn = "pread_rows_cpu";
+        const int64_t n = offsets.size();
+        if (row_bytes < 0 || !(out.flags() & py::array::c_style) || !out.writeable() ||
+            out.nbytes() < n * row_bytes)
+          fail(fn, "out must be a writeable C-contiguous array of at least len(offsets) * row_bytes bytes");
+        const int64_t* off = offsets.data();
+        char* dst = static_cast<char*>(out.mutable_data());
+        int err = 0;
+        int64_t short_row = -1;
+        {
+          py::gil_scoped_release nogil;
+          for (int64_t i = 0; i < n && short_row < 0; ++i) {
+            int64_t got = 0;
+            while (got < row_bytes) {
+              const ssize_t r = ::pread(fd, dst + i * row_bytes + got, static_cast<size_t>(row_bytes - got),
+                                        static_cast<off_t>(off[i] + got));
+              if (r < 0 && errno == EINTR) continue;
+              if (r < 0) err = errno;
+              if (r <= 0) break;
+              got += r;
+            }
+            if (got < row_bytes) short_row = i;
+          }
+        }
+        if (err) throw std::runtime_error(std::string("pread: ") + std::strerror(err));
+        return short_row;
+      },
+      py::arg("fd"), py::arg("offsets").noconvert(), py::arg("row_bytes"), py::arg("out"),
+      "Reads row i (row_bytes bytes at byte offset offsets[i] of file descriptor fd) into out, without the GIL; "
+      "returns the first row the file ended in, or -1");
 
   m.def("cuda_device_count", &hermes::cuda::device_count);
   m.def("cuda_device_error", &hermes::cuda::device_error);

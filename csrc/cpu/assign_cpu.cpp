@@ -592,5 +592,137 @@ void f16_to_f32(const uint16_t* in, int64_t n, float* out, int nthreads) {
   parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) { half_to_float(h + lo, hi - lo, out + lo); });
 }
 
+// ---------------------------------------------------------------------------------- corpus-scale metrics
+namespace {
+// Row kernels for unit_rows / run_sums, with the FMA/AVX clones of the executor's hot loops. Reductions keep 16
+// fixed lanes, so they vectorize without reassociating (no fast-math).
+constexpr int kLanes = 16;
+
+// Largest |x[i]| (NaN ignored) and whether every x[i] is finite.
+HERMES_CPU_CLONES
+float peak_abs_finite(const float* __restrict x, int64_t d, bool* finite) {
+  float m[kLanes] = {}, z[kLanes] = {};
+  int64_t i0 = 0;
+  for (; i0 + kLanes <= d; i0 += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float v = x[i0 + l];
+      const float a = std::fabs(v);
+      m[l] = a > m[l] ? a : m[l];
+      z[l] += v * 0.0f;  // NaN iff some value is NaN or +-Inf
+    }
+  for (int l = 0; i0 + l < d; ++l) {
+    const float v = x[i0 + l];
+    const float a = std::fabs(v);
+    m[l] = a > m[l] ? a : m[l];
+    z[l] += v * 0.0f;
+  }
+  float peak = 0.0f, zs = 0.0f;
+  for (int l = 0; l < kLanes; ++l) {
+    peak = m[l] > peak ? m[l] : peak;
+    zs += z[l];
+  }
+  *finite = zs == 0.0f;
+  return peak;
+}
+
+// sum (x[i] * s)^2: float lanes (each term <= 1 when s = 1 / peak), the lanes added in double.
+HERMES_CPU_CLONES
+double scaled_sum_squares(const float* __restrict x, int64_t d, float s) {
+  float q[kLanes] = {};
+  int64_t i0 = 0;
+  for (; i0 + kLanes <= d; i0 += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float v = x[i0 + l] * s;
+      q[l] += v * v;
+    }
+  for (int l = 0; i0 + l < d; ++l) {
+    const float v = x[i0 + l] * s;
+    q[l] += v * v;
+  }
+  double acc = 0.0;
+  for (int l = 0; l < kLanes; ++l) acc += q[l];
+  return acc;
+}
+
+HERMES_CPU_CLONES
+void scale_row(const float* __restrict x, int64_t d, float s, float* __restrict out) {
+  for (int64_t i = 0; i < d; ++i) out[i] = x[i] * s;
+}
+
+HERMES_CPU_CLONES
+void add_row_f32(const float* __restrict x, int64_t d, double* __restrict acc) {
+  for (int64_t i = 0; i < d; ++i) acc[i] += x[i];
+}
+
+HERMES_CPU_CLONES
+void add_row_f64(const double* __restrict x, int64_t d, double* __restrict acc) {
+  for (int64_t i = 0; i < d; ++i) acc[i] += x[i];
+}
+}  // namespace
+
+int64_t unit_rows(const void* x, bool half, int64_t n, int64_t d, float* u, double* norms, int nthreads) {
+  std::atomic<int64_t> bad{n};
+  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
+    std::vector<float> tmp(half ? static_cast<size_t>(d) : 0);
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* xr;
+      if (half) {
+        half_to_float(static_cast<const _Float16*>(x) + r * d, d, tmp.data());
+        xr = tmp.data();
+      } else {
+        xr = static_cast<const float*>(x) + r * d;
+      }
+      float* ur = u + r * d;
+      bool finite = true;
+      const float peak = peak_abs_finite(xr, d, &finite);
+      if (!finite) {
+        int64_t cur = bad.load();
+        while (r < cur && !bad.compare_exchange_weak(cur, r)) {
+        }
+        std::memset(ur, 0, sizeof(float) * static_cast<size_t>(d));
+        norms[r] = 0.0;
+        continue;
+      }
+      if (peak == 0.0f) {  // a zero row stays zero
+        std::memset(ur, 0, sizeof(float) * static_cast<size_t>(d));
+        norms[r] = 0.0;
+        continue;
+      }
+      // Dividing by the largest |value| first: a finite row whose norm overflows float32 still normalizes.
+      const float inv_peak = 1.0f / peak;
+      if (!std::isfinite(inv_peak)) {  // every value subnormal: scale in double
+        double ss = 0.0;
+        for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+        const double nrm = std::sqrt(ss);
+        norms[r] = nrm;
+        for (int64_t i = 0; i < d; ++i) ur[i] = static_cast<float>(xr[i] / nrm);
+        continue;
+      }
+      const double nrm = std::sqrt(scaled_sum_squares(xr, d, inv_peak));  // >= 1: the peak's own term is 1
+      norms[r] = nrm * peak;
+      scale_row(xr, d, static_cast<float>(static_cast<double>(inv_peak) / nrm), ur);
+    }
+  });
+  const int64_t b = bad.load();
+  return b < n ? b : -1;
+}
+
+void run_sums(const void* rows, bool f64, int64_t d, const int64_t* starts, const int64_t* ends, int64_t nruns,
+              double* out, int nthreads) {
+  parallel_rows(nruns, nthreads, [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      double* acc = out + j * d;
+      std::fill(acc, acc + d, 0.0);
+      const int64_t a = starts[j], e = ends[j];
+      for (int64_t r = a; r < e; ++r) {
+        if (f64)
+          add_row_f64(static_cast<const double*>(rows) + r * d, d, acc);
+        else
+          add_row_f32(static_cast<const float*>(rows) + r * d, d, acc);
+      }
+    }
+  });
+}
+
 }  // namespace cpu
 }  // namespace hermes

@@ -17,6 +17,16 @@ namespace cpu {
 // out = float(in) for IEEE half bits (exact), threaded (the CPU reads float16 input through this).
 void f16_to_f32(const uint16_t* in, int64_t n, float* out, int nthreads);
 
+// Corpus-scale metrics. unit_rows: u[r] = x[r] / ||x[r]|| (float16 bits when half, else float32; rows of d
+// contiguous values), norms[r] = ||x[r]|| in float64; a zero row stays zero; a row with NaN or Inf gets u = 0,
+// norm 0. Returns the first such row, or -1.
+int64_t unit_rows(const void* x, bool half, int64_t n, int64_t d, float* u, double* norms, int nthreads);
+
+// out[j] = sum of rows[starts[j] .. ends[j]), in float64; rows are float32 or, when f64, float64 [n, d]; out is
+// [nruns, d].
+void run_sums(const void* rows, bool f64, int64_t d, const int64_t* starts, const int64_t* ends, int64_t nruns,
+              double* out, int nthreads);
+
 // Whether the screen's AVX-512 paths (candidate selection, four-way rescoring) run: the CPU has AVX-512F
 // and HERMES_CPU_ISA is not "generic". Fixed at the first call.
 bool use_avx512();
