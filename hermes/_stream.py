@@ -174,7 +174,7 @@ class EmbeddingStream:
 
     def _pread_rows(self, i: int, fd: int, local: np.ndarray, dt) -> np.ndarray:
         """Rows ``local`` (int64, within shard i) of a .npy shard, read with pread; in dtype dt."""
-        from hermes import _C
+        from ._backend import _C
 
         off, src = self._npy[i]
         s = self.shards[i]

@@ -498,7 +498,7 @@ def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progr
     import torch
     from tqdm.auto import tqdm
 
-    from . import _C
+    from ._backend import _C
     from .assign import _nthreads
 
     L, nt = len(invs), _nthreads()
@@ -545,7 +545,7 @@ def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progr
 def _unit_rows_checked(fn, stream, x: np.ndarray, rows: np.ndarray) -> tuple:
     """(unit rows float32 [b, d], norms float64 [b]) of a float16/float32 block whose global rows are ``rows``;
     raises naming the shard file and row of its first row with NaN or Inf."""
-    from . import _C
+    from ._backend import _C
     from .assign import _nthreads
 
     x = np.ascontiguousarray(x)
