@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_path
-from ._sources import _Source, _torch
+from ._sources import _gather_rows, _Source, _torch
 
 CHECKPOINT_NAME = "hermes_fit.ckpt"
 CHECKPOINT_FORMAT = 1
@@ -56,6 +56,7 @@ class _Checkpoint:
 def _data_fingerprint(src: _Source) -> str:
     """A hash of N, d and a few rows (first, middle, last): catches resuming on different data cheaply."""
     h = hashlib.sha256(f"{src.N}x{src.d}".encode())
-    for r in sorted({0, src.N // 2, src.N - 1}):
-        h.update(src.rows(np.array([r])).cpu().numpy().tobytes())
+    rows = _gather_rows(src, np.array(sorted({0, src.N // 2, src.N - 1})))  # on every rank (a partition: from theirs)
+    for r in rows.cpu().numpy():
+        h.update(r.tobytes())
     return h.hexdigest()[:16]

@@ -9,19 +9,9 @@ import time
 
 import numpy as np
 
-from ._kmeans import _KMEANS_BATCH, _rvq
-from ._sources import _Source, _rng, _torch, _torch_gen
+from ._kmeans import _KMEANS_BATCH, _rvq, _rvq_sample
+from ._sources import _dist, _gather_rows, _Source, _rng, _torch, _torch_gen
 from .model import codeword_term
-
-
-# ----------------------------------------------------------------------------------------- DDP
-def _dist():
-    """(torch.distributed, rank, world) when a process group is initialized, else (None, 0, 1)."""
-    torch = _torch()
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d, d.get_rank(), d.get_world_size()
-    return None, 0, 1
 
 
 # ------------------------------------------------------------------------------------------ hermes
@@ -103,16 +93,36 @@ def _init_state(src: _Source, levels, metric, opts, batch, lr, wd, seed, progres
                     init=opts["init"], normalize=True, progressive=opts["progressive"],
                     warmup_iters=opts["warmup_iters"])
     with torch.no_grad():
-        C, counts, m = _rvq(src, levels, metric, rvq_opts, seed, max(batch, _KMEANS_BATCH), progress, None, None)
+        C, counts, m = _rvq_rank0(src, levels, metric, rvq_opts, seed, max(batch, _KMEANS_BATCH), progress,
+                                  None, None)
     # EMA statistics start at the k-means solution, scaled to one (global) minibatch.
     gb = batch * world
     ema_n = [c.float() * (gb / m) for c in counts]
     ema_s = [Ci * n[:, None] for Ci, n in zip(C, ema_n)]
-    if dist is not None:  # every rank computes the same init from the same seed; rank 0's wins
+    if dist is not None:  # rank 0 computed the init
         for t in [*C, *ema_n, *ema_s]:
             dist.broadcast(t, 0)
     stats["init_s"] = time.perf_counter() - t0
     return _State(W, b, opt, C, ema_n, ema_s), 0
+
+
+def _rvq_rank0(src: _Source, levels, metric, opts, seed, batch, progress, ckpt, resume_state):
+    """Residual k-means (:func:`_rvq`) computed on rank 0 alone under DDP (the other ranks would compute the
+    same from the same seed and read the same sample): a partitioned input first gathers the sample rows from
+    every rank's partition to rank 0. Returns (codebooks, counts, m) on rank 0; on other ranks zeros of the
+    same shapes (and m = 1), for the caller to broadcast into."""
+    torch = _torch()
+    dist, rank, _ = _dist()
+    if dist is None:
+        return _rvq(src, levels, metric, opts, seed, batch, progress, ckpt, resume_state)
+    sample = None
+    if src.part is not None:
+        sample = _gather_rows(src, _rvq_sample(src.N, levels, opts, seed)[1], dst=0)
+    if rank == 0:
+        return _rvq(src, levels, metric, opts, seed, batch, progress, ckpt, resume_state, sample=sample)
+    dev = src.device
+    return ([torch.zeros((K, src.d), device=dev) for K in levels],
+            [torch.zeros(K, dtype=torch.float64, device=dev) for K in levels], 1)
 
 
 def _quantize(h, C, metric):
@@ -261,8 +271,10 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
     dist, rank, world = _dist()
     N, d, dev = src.N, src.d, src.device
     stats = {"epochs": [], "init_s": 0.0}
+    read0 = src.rows_read
     state, start_epoch = _init_state(src, levels, metric, opts, batch, lr, wd, seed, progress, resume_blob, stats,
                                      learn_transform)
+    read1 = src.rows_read
     if start_epoch == 0 and (resume_blob is None or "epoch" not in resume_blob) and ckpt is not None and rank == 0:
         _save_hermes(ckpt, 0, state, stats)
     decay, eps, thr = opts["ema_decay"], opts["ema_eps"], opts["dead_code_threshold"]
@@ -272,7 +284,11 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
     for epoch in range(start_epoch, epochs):
         rng = _rng(seed, 3, epoch)
         gen = _torch_gen(rng, dev)
-        perm = rng.permutation(N)
+        if src.part is None:  # one global permutation; rank r takes every world-th row of each global minibatch
+            perm = rng.permutation(N)
+        else:  # a partitioned input: each rank draws its minibatch rows from a permutation of its partition
+            lo, hi, _ = src.part
+            lperm = lo + _rng(seed, 4, epoch, rank).permutation(hi - lo)
         tm = dict(data=0.0, forward=0.0, backward=0.0, project=0.0, ema=0.0)
         sums: dict = {}
         resets = [0] * len(levels)
@@ -280,8 +296,11 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                   leave=False) as bar:
             for step in range(steps):
                 t0 = time.perf_counter()
-                gidx = perm[step * batch * world:(step + 1) * batch * world]
-                e = src.rows(np.sort(gidx[rank::world]))
+                if src.part is None:
+                    idx = perm[step * batch * world:(step + 1) * batch * world][rank::world]
+                else:
+                    idx = lperm[step * batch:(step + 1) * batch]
+                e = src.rows(np.sort(idx))
                 tm["data"] += time.perf_counter() - t0
                 vals, res, codes = _train_step(state, e, opts, metric, gen, eye, tm)
                 t4 = time.perf_counter()
@@ -300,4 +319,6 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                                 **{f"{k_}_s": v for k_, v in tm.items()}})
         if ckpt is not None and rank == 0:
             _save_hermes(ckpt, epoch + 1, state, stats)
+    if read0 is not None:  # input rows this rank materialized (ShardArray / RowPartition inputs)
+        stats["input_rows_read"] = {"init": read1 - read0, "train": src.rows_read - read1}
     return state.W.detach(), state.b.detach(), state.C, stats

@@ -257,22 +257,36 @@ def _stage_fit(res, K, metric, iters, init, rng, batch, bar, progressive=False, 
     return C, codes, counts
 
 
-def _rvq(src: _Source, levels, metric, opts, seed, batch, progress, ckpt, resume_state):
-    """Stage-by-stage k-means on the residuals of normalize(x) (or x); returns (codebooks, counts, sample)."""
+def _rvq_sample(N: int, levels, opts, seed: int):
+    """(rng, sel): the sorted rows sel [m] that residual k-means runs on (every row, or
+    max_points_per_centroid * max(levels) drawn at random) and the generator that drew them."""
+    mppc = opts["max_points_per_centroid"]
+    m = N if mppc is None else min(N, mppc * max(levels))
+    rng = _rng(seed, 1)
+    return rng, (np.arange(N) if m == N else np.sort(rng.choice(N, size=m, replace=False)))
+
+
+def _rvq(src: _Source, levels, metric, opts, seed, batch, progress, ckpt, resume_state, sample=None):
+    """Stage-by-stage k-means on the residuals of normalize(x) (or x); returns (codebooks, counts, sample size).
+
+    ``sample``: the rows :func:`_rvq_sample` selects [m, d], already read (gathered from the ranks of a
+    partitioned input); by default they are read from src (or streamed when they are all of a lazy src's rows).
+    """
     torch = _torch()
     from tqdm.auto import tqdm
 
     N, dev = src.N, src.device
-    mppc = opts["max_points_per_centroid"]
     init = opts["init"] or ("random" if metric == "l2" else "k-means++")
     iters = opts["kmeans_iters"] if opts["kmeans_iters"] is not None else (5 if metric == "l2" else 10)
-    m = N if mppc is None else min(N, mppc * max(levels))
-    rng = _rng(seed, 1)
-    sel = np.arange(N) if m == N else np.sort(rng.choice(N, size=m, replace=False))
-    in_memory = m < N or not (isinstance(src.x, np.memmap))
+    rng, sel = _rvq_sample(N, levels, opts, seed)
+    m = int(sel.size)
+    in_memory = sample is not None or m < N or not src.lazy
     if in_memory:
-        parts = [src.rows(sel[i:i + batch]) for i in range(0, m, batch)]
-        t = torch.cat(parts) if parts else torch.empty((0, src.d), device=dev)
+        if sample is not None:
+            t = sample.to(dev)
+        else:
+            parts = [src.rows(sel[i:i + batch]) for i in range(0, m, batch)]
+            t = torch.cat(parts) if parts else torch.empty((0, src.d), device=dev)
         if opts["progressive"]:  # random order, so each progressive prefix is a random subset
             t = t[torch.from_numpy(rng.permutation(m)).to(dev)]
         if opts["normalize"]:

@@ -22,14 +22,40 @@ def _writable(a) -> np.ndarray:
 _NORM_MAX = float(np.sqrt(np.finfo(np.float32).max))  # ~1.84e19: a larger norm's square overflows float32
 
 
+def _dist():
+    """(torch.distributed, rank, world) when a process group is initialized, else (None, 0, 1)."""
+    torch = _torch()
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d, d.get_rank(), d.get_world_size()
+    return None, 0, 1
+
+
 class _Source:
-    """Rows of the user's x as float32 torch tensors on ``device``, checked for NaN/Inf, read lazily."""
+    """Rows of the user's x as float32 torch tensors on ``device``, checked for NaN/Inf, read lazily.
+
+    x is a numpy array (a memmap is read by rows), a torch tensor, a :class:`hermes.readers.ShardArray` (read
+    by rows, like a memmap) or a :class:`hermes.readers.RowPartition` (this DDP rank's rows [lo, hi) of the
+    input, in memory). Rows are numbered globally (0 to N - 1) in every case; ``part`` is (lo, hi, bounds)
+    for a partition (rows outside [lo, hi) are on other ranks: :func:`_gather_rows`), else None.
+    """
 
     def __init__(self, fn: str, x, device):
         torch = _torch()
-        check_matrix(fn, "x", x)
-        self.fn, self.x = fn, x
-        self.N, self.d = int(x.shape[0]), int(x.shape[1])
+        from .readers import RowPartition, ShardArray
+
+        self.fn, self.input, self.part = fn, x, None
+        if isinstance(x, RowPartition):
+            check_matrix(fn, "x", x.data)
+            self.part = (x.lo, x.hi, x.bounds)
+            self.x, self.N, self.d = x.data, x.N, x.d
+        elif isinstance(x, ShardArray):
+            self.x, (self.N, self.d) = x, x.shape
+        else:
+            check_matrix(fn, "x", x)
+            self.x = x
+            self.N, self.d = int(x.shape[0]), int(x.shape[1])
+        self.lazy = isinstance(x, (np.memmap, ShardArray))  # rows are read from disk when asked for
         self.torch_in = is_torch(x)
         if self.torch_in:
             self.x = x.detach()
@@ -43,6 +69,38 @@ class _Source:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"{fn}: device is {self.device} but torch sees no CUDA device")
 
+    @property
+    def rows_read(self):
+        """Input rows materialized so far by a ShardArray / RowPartition input (None for arrays and tensors)."""
+        return getattr(self.input, "rows_read", None)
+
+    def own_rows(self, rank: int, world: int) -> tuple[int, int]:
+        """The global rows [lo, hi) that DDP rank ``rank`` of ``world`` checks: its partition, else its
+        contiguous 1/world of the rows."""
+        if self.part is not None:
+            lo, hi, bounds = self.part
+            if len(bounds) - 1 != world:
+                raise ValueError(f"{self.fn}: x is a partition for {len(bounds) - 1} ranks, but the process group "
+                                 f"has {world}; open the input under the same process group")
+            return lo, hi
+        return rank * self.N // world, (rank + 1) * self.N // world
+
+    def _local(self, idx):
+        """Positions in self.x of the global rows idx (a partition holds rows [lo, hi) only)."""
+        if self.part is None:
+            return idx
+        lo, hi, _ = self.part
+        if isinstance(idx, slice):
+            a, b = idx.start - lo, idx.stop - lo
+            ok = 0 <= a <= b <= hi - lo
+            idx = slice(a, b)
+        else:
+            idx = np.asarray(idx) - lo
+            ok = not idx.size or (idx.min() >= 0 and idx.max() < hi - lo)
+        if not ok:
+            raise IndexError(f"{self.fn}: rows outside this rank's partition [{lo}, {hi}) were asked for")
+        return idx
+
     def _check(self, t, rows):
         torch = _torch()
         ok = torch.isfinite(t).all(dim=1)
@@ -52,13 +110,19 @@ class _Source:
             raise ValueError(f"{self.fn}: x row {row} contains NaN or Inf")
         return t
 
-    def check_all(self, rows: int = 1 << 14) -> None:
-        """Reads every row of x once (block by block, in x's own dtype) and raises naming the first row that
-        holds NaN or Inf, or whose float32 norm overflows: fit uses every row (samples included), and a
-        model cannot label such a row either."""
+    def check_all(self, lo: int = 0, hi: int | None = None, rows: int = 1 << 14) -> None:
+        """Reads every row of x in [lo, hi) (default: all) once (block by block, in x's own dtype) and raises
+        naming the first (global) row that holds NaN or Inf, or whose float32 norm overflows: fit uses every
+        row (samples included), and a model cannot label such a row either. Under DDP each rank checks its
+        own rows (:meth:`own_rows`)."""
         torch = _torch()
-        for lo in range(0, self.N, rows):
-            xb = self.x[lo:lo + rows]
+        hi = self.N if hi is None else hi
+        off = 0
+        if self.part is not None:  # positions in the partition; messages name the global row off + position
+            r = self._local(slice(lo, hi))
+            off, lo, hi = lo - r.start, r.start, r.stop
+        for lo in range(lo, hi, rows):
+            xb = self.x[lo:min(hi, lo + rows)]
             if self.torch_in:
                 xb = xb.double() if xb.dtype in (torch.float16, torch.bfloat16) else xb
                 fin = torch.isfinite(xb).all(dim=1).cpu().numpy()
@@ -68,24 +132,24 @@ class _Source:
                 peak = np.abs(xb).max(axis=1).astype(np.float64) if xb.shape[1] else np.zeros(xb.shape[0])
             bad = np.flatnonzero(~fin)
             if bad.size:
-                raise ValueError(f"{self.fn}: x row {lo + int(bad[0])} contains NaN or Inf")
-            big = np.flatnonzero(peak * np.sqrt(self.d) > _NORM_MAX / 2)  # candidates only: checked exactly below
+                raise ValueError(f"{self.fn}: x row {off + lo + int(bad[0])} contains NaN or Inf")
+            big = np.flatnonzero(peak * np.sqrt(self.d) > _NORM_MAX / 2)  # candidates: checked exactly below
             for r in big:
                 v = np.asarray(self.x[lo + int(r)].double().cpu().numpy() if self.torch_in else self.x[lo + int(r)],
                                dtype=np.float64)
                 top = float(np.abs(v).max())
                 norm = top * float(np.linalg.norm(v / top))
                 if norm >= _NORM_MAX:
-                    raise ValueError(f"{self.fn}: x row {lo + int(r)} is finite but too large for float32: its norm "
-                                     f"{norm:.3g} exceeds {_NORM_MAX:.3g}, whose square float32 cannot hold (largest "
-                                     f"|value| {top:.3g}); scale the embeddings down")
+                    raise ValueError(f"{self.fn}: x row {off + lo + int(r)} is finite but too large for float32: "
+                                     f"its norm {norm:.3g} exceeds {_NORM_MAX:.3g}, whose square float32 cannot hold "
+                                     f"(largest |value| {top:.3g}); scale the embeddings down")
 
     def slice(self, lo: int, hi: int):
         torch = _torch()
         if self.torch_in:
             t = self.x[lo:hi].to(device=self.device, dtype=torch.float32)
         else:
-            t = torch.from_numpy(_writable(self.x[lo:hi])).to(self.device)
+            t = torch.from_numpy(_writable(self.x[self._local(slice(lo, hi))])).to(self.device)
         return self._check(t, np.arange(lo, hi))
 
     def rows(self, idx: np.ndarray):
@@ -94,8 +158,38 @@ class _Source:
         if self.torch_in:
             t = self.x[torch.from_numpy(idx).to(self.x.device)].to(device=self.device, dtype=torch.float32)
         else:
-            t = torch.from_numpy(_writable(self.x[idx])).to(self.device)
+            t = torch.from_numpy(_writable(self.x[self._local(idx)])).to(self.device)
         return self._check(t, idx)
+
+
+def _gather_rows(src: _Source, sel: np.ndarray, dst: int | None = None):
+    """Rows ``sel`` (sorted global ids) [len(sel), d] of src, on rank ``dst`` (None: on every rank).
+
+    A partitioned src (collective: every rank calls this) sends each rank's rows of sel to dst (padded to
+    equal sizes for gather / all_gather); the pieces follow in rank order, which is sel's order because the
+    partitions are ascending. Other sources read the rows themselves: call this on dst only, or on every rank
+    when dst is None. Ranks other than dst get None.
+    """
+    torch = _torch()
+    dist, rank, world = _dist()
+    if src.part is None or dist is None:
+        return src.rows(sel)
+    lo, hi, bounds = src.part
+    cuts = np.searchsorted(sel, bounds)
+    counts = np.diff(cuts)
+    piece = src.rows(sel[cuts[rank]:cuts[rank + 1]])
+    pad = int(counts.max()) if counts.size else 0
+    buf = torch.zeros((pad, src.d), dtype=piece.dtype, device=piece.device)
+    buf[:piece.shape[0]] = piece
+    if dst is None or rank == dst:
+        out = [torch.empty_like(buf) for _ in range(world)]
+    if dst is None:
+        dist.all_gather(out, buf)
+    else:
+        dist.gather(buf, out if rank == dst else None, dst=dst)
+        if rank != dst:
+            return None
+    return torch.cat([o[:int(c)] for o, c in zip(out, counts)])
 
 
 class _Mem:

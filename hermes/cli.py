@@ -218,10 +218,14 @@ def _torchrun_init(device):
 
 def _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, checkpoint_dir, resume, sample,
          column, tensor, progress, train, rank):
-    from .readers import read_embeddings
+    from .readers import open_fit_input, read_embeddings
 
     t0 = time.perf_counter()
-    x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
+    world = train._dist()[2]
+    if world > 1:  # each rank reads its share only: local .npy / .safetensors by rows, others a 1/world partition
+        x = open_fit_input(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
+    else:
+        x = read_embeddings(list(inputs), column=column, tensor=tensor, sample=sample, seed=seed, fn="hermes fit")
     kw = dict(method=method, metric=metric, seed=seed, progress=progress)
     for k, v in dict(epochs=epochs, batch_size=batch_size, device=device, checkpoint_dir=checkpoint_dir).items():
         if v is not None:
@@ -234,6 +238,10 @@ def _fit(inputs, out, levels, method, metric, epochs, batch_size, seed, device, 
         _name_input_row(e, list(inputs), column, tensor, sample, seed)
         raise
     t2 = time.perf_counter()
+    if os.environ.get("HERMES_DEBUG_ROWS") == "1" and "input_rows_read" in model.train_stats:
+        click.echo(f"hermes debug: rank {rank} of {world} input_rows_read "
+                   f"{json.dumps(model.train_stats['input_rows_read'], sort_keys=True)} of {x.shape[0]} rows",
+                   err=True)
     if rank:  # under torchrun only rank 0 writes (the model; fit writes checkpoints on rank 0 only)
         return
     model.save(out)

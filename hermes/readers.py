@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 __all__ = ["Shard", "NpyShard", "SafetensorsShard", "ParquetShard", "READERS", "SUFFIXES", "DEFAULT_BATCH",
-           "open_shard", "expand_inputs", "read_embeddings"]
+           "open_shard", "expand_inputs", "read_embeddings", "open_fit_input", "ShardArray", "RowPartition"]
 
 SUFFIXES = (".npy", ".safetensors", ".parquet")
 DEFAULT_BATCH = 65536
@@ -468,3 +468,275 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
                     parts.append(b[sel])
         base += s.n
     return np.concatenate(parts)
+
+
+# ------------------------------------------------------------------------- fit inputs, read per DDP rank
+def _st_array(s: "SafetensorsShard") -> np.ndarray:
+    """The tensor of a local safetensors shard, memory-mapped at its data offset (bf16 as raw uint16)."""
+    import json
+    import struct
+
+    with open(s.path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        h = json.loads(f.read(n))[s.tensor]
+    dt = {"float16": "<f2", "bfloat16": "<u2", "float32": "<f4", "float64": "<f8"}[s.dtype]
+    if s.n * s.d == 0:
+        return np.zeros((s.n, s.d), dt)
+    return np.memmap(s.path, dtype=dt, mode="r", offset=8 + n + h["data_offsets"][0], shape=(s.n, s.d))
+
+
+def _row_array(s: Shard):
+    """Shard s's rows as a numpy array indexable by row without reading the rest (a local .npy's mapping, a local
+    safetensors tensor's memory map), or None when s can only be read in order (parquet, remote objects)."""
+    if isinstance(s, NpyShard) and getattr(s, "x", None) is not None:
+        return s.x
+    if type(s) is SafetensorsShard:
+        return _st_array(s)
+    return None
+
+
+def _as_float(a: np.ndarray, bf16: bool, dtype) -> np.ndarray:
+    """Rows read from a row array in ``dtype`` (bf16 stored as uint16: widened to float32 exactly)."""
+    if bf16:
+        a = (np.asarray(a, dtype=np.uint32) << 16).view(np.float32)
+    return np.asarray(a, dtype=dtype)
+
+
+def _out_dtype(shards) -> np.dtype:
+    """float16 when every shard holds float16, else float32 (bf16 and float64 are read as float32)."""
+    return np.dtype(np.float16) if shards and all(s.dtype == "float16" for s in shards) else np.dtype(np.float32)
+
+
+class ShardArray:
+    """``[N, d]`` rows of local ``.npy`` / ``.safetensors`` shards one after another (or the sorted global rows
+    ``keep`` of them, a ``--sample``), read lazily: indexing (an int, a slice, or an int array) reads only the
+    rows asked for, from the shards' memory maps, and returns a new ndarray [k, d] (float16 when every shard is
+    float16, else float32). This is what a single ``.npy`` memmap is to ``fit``, for several shards and for
+    safetensors: under DDP each rank reads only its share of every minibatch.
+
+    ``rows_read`` counts the rows materialized so far (a diagnostic: ``HERMES_DEBUG_ROWS=1 hermes fit``).
+    """
+
+    ndim = 2
+
+    def __init__(self, shards, keep: np.ndarray | None = None):
+        self.shards = list(shards)
+        self._arrays = [_row_array(s) for s in self.shards]
+        if any(a is None for a in self._arrays):
+            bad = next(s for s, a in zip(self.shards, self._arrays) if a is None)
+            raise ValueError(f"ShardArray: {bad.source} cannot be read by row (only local .npy / .safetensors)")
+        self._bf16 = [s.dtype == "bfloat16" for s in self.shards]
+        self.starts = np.concatenate([[0], np.cumsum([s.n for s in self.shards], dtype=np.int64)])
+        self.keep = keep
+        d = {s.d for s in self.shards}
+        self.d = d.pop() if len(d) == 1 else 0
+        self.N = int(self.starts[-1]) if keep is None else int(len(keep))
+        self.dtype = _out_dtype(self.shards)
+        self.shape = (self.N, self.d)
+        self.rows_read = 0
+
+    def __len__(self) -> int:
+        return self.N
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            k = int(key) + self.N if key < 0 else int(key)
+            if not 0 <= k < self.N:
+                raise IndexError(f"ShardArray: row {key} is out of range for {self.N} rows")
+            return self._take(np.array([k], dtype=np.int64))[0]
+        if isinstance(key, slice):
+            return self._take(np.arange(*key.indices(self.N), dtype=np.int64))
+        ids = np.asarray(key)
+        if ids.dtype.kind not in "iu" or ids.ndim != 1:
+            raise TypeError(f"ShardArray: index with an int, a slice or a 1-d int array, got {ids.dtype} "
+                            f"{ids.ndim}-d")
+        ids = ids.astype(np.int64)
+        ids = np.where(ids < 0, ids + self.N, ids)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.N):
+            raise IndexError(f"ShardArray: rows out of range for {self.N} rows")
+        return self._take(ids)
+
+    def _take(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((ids.size, self.d), dtype=self.dtype)
+        if not ids.size:
+            return out
+        g = self.keep[ids] if self.keep is not None else ids
+        order = None
+        if ids.size > 1 and (np.diff(g) < 0).any():
+            order = np.argsort(g, kind="stable")
+            g = g[order]
+        which = np.searchsorted(self.starts, g, side="right") - 1
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        at = 0
+        for part in np.split(np.arange(g.size), cuts):
+            i = int(which[part[0]])
+            local = g[part] - self.starts[i]
+            a = self._arrays[i]
+            if local[-1] - local[0] + 1 == local.size:  # a run of consecutive rows: one slice
+                rows = a[int(local[0]):int(local[-1]) + 1]
+            else:
+                rows = a[local]
+            out[at:at + part.size] = _as_float(rows, self._bf16[i], self.dtype)
+            at += part.size
+        self.rows_read += int(ids.size)
+        if order is not None:
+            res = np.empty_like(out)
+            res[order] = out
+            out = res
+        return out
+
+    def __repr__(self) -> str:
+        return f"ShardArray({len(self.shards)} shards, shape={self.shape}, dtype={self.dtype})"
+
+
+class RowPartition:
+    """One DDP rank's contiguous share of an ``[N, d]`` input that cannot be read by row (parquet, remote
+    objects): the rows [lo, hi) of the N (``bounds[rank]`` to ``bounds[rank + 1]``), read into ``data``
+    [hi - lo, d] (float16 when every shard is float16, else float32). ``shape`` is the whole input's (N, d).
+    ``rows_read`` counts the rows decoded to build it (whole parquet row groups: a little more than hi - lo).
+    """
+
+    ndim = 2
+
+    def __init__(self, data: np.ndarray, bounds: np.ndarray, rank: int, rows_read: int):
+        self.data, self.bounds, self.rank = data, np.asarray(bounds, dtype=np.int64), int(rank)
+        self.world = len(self.bounds) - 1
+        self.lo, self.hi = int(self.bounds[rank]), int(self.bounds[rank + 1])
+        self.N, self.d = int(self.bounds[-1]), int(data.shape[1])
+        self.shape, self.dtype = (self.N, self.d), data.dtype
+        self.rows_read = int(rows_read)
+
+    def __len__(self) -> int:
+        return self.N
+
+    def __repr__(self) -> str:
+        return f"RowPartition(rows {self.lo}:{self.hi} of {self.N}, d={self.d}, rank {self.rank} of {self.world})"
+
+
+def _read_ids(fn: str, shards, ids: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
+    """The global rows ``ids`` (sorted) of ``shards`` one after another, reading only what covers them:
+    memory-mapped rows, the parquet row groups that hold any of them, ranged reads of remote objects.
+    Returns (rows [len(ids), d], rows decoded)."""
+    d = shards[0].d if shards else 0
+    out = np.empty((ids.size, d), dtype=_out_dtype(shards))
+    decoded, at, base = 0, 0, 0
+    for s in shards:
+        a, b = np.searchsorted(ids, [base, base + s.n])
+        mine = ids[a:b] - base
+        base += s.n
+        if not mine.size:
+            continue
+        arr = _row_array(s)
+        if arr is not None:
+            lo, hi = int(mine[0]), int(mine[-1]) + 1
+            rows = arr[lo:hi] if hi - lo == mine.size else arr[mine]
+            out[at:at + mine.size] = _as_float(rows, s.dtype == "bfloat16", out.dtype)
+            decoded += int(mine.size)
+        elif isinstance(s, ParquetShard):
+            starts = np.concatenate([[0], np.cumsum(s.row_groups, dtype=np.int64)])
+            groups = np.unique(np.searchsorted(starts, mine, side="right") - 1)
+            where = f"{s.path}, column {s.column!r}"
+            md = s.pf.metadata
+            local = threading.local()
+
+            def read_group(i, s=s, starts=starts, where=where, md=md, local=local):
+                if getattr(local, "pf", None) is None:
+                    local.pf = s._open(metadata=md)
+                t = local.pf.read_row_group(int(i), columns=[s.column], use_threads=False)
+                return i, _list_to_matrix(fn, t.column(0), where, int(starts[i]), s.d)
+
+            import pyarrow as pa
+
+            workers = max(1, min(pa.cpu_count(), 16, len(groups)))
+            k = 0
+            for i, x in _read_ahead((functools.partial(read_group, i) for i in groups), workers=workers,
+                                    depth=workers + 1):
+                j = int(np.searchsorted(mine, starts[i + 1]))
+                sel = mine[k:j] - starts[i]
+                out[at + k:at + j] = x[sel]
+                decoded += x.shape[0]
+                k = j
+        elif hasattr(s, "rows"):  # a remote .npy / .safetensors: ranged reads of the span, batch by batch
+            lo, hi = int(mine[0]), int(mine[-1]) + 1
+            k = 0
+            for r in range(lo, hi, batch_size):
+                x = s.rows(r, min(hi, r + batch_size))
+                j = int(np.searchsorted(mine, r + x.shape[0]))
+                out[at + k:at + j] = x[mine[k:j] - r]
+                decoded += x.shape[0]
+                k = j
+        else:  # any other reader: its batches, in order, up to the last row needed
+            k = 0
+            for lo, x in s.batches(batch_size):
+                j = int(np.searchsorted(mine, lo + x.shape[0]))
+                out[at + k:at + j] = x[mine[k:j] - lo]
+                decoded += x.shape[0]
+                k = j
+                if k == mine.size:
+                    break
+        at += mine.size
+    return out, decoded
+
+
+def open_fit_input(inputs, *, column: str = "embedding", tensor: str | None = None, sample: int | None = None,
+                   seed: int = 0, rank: int | None = None, world: int | None = None,
+                   batch_size: int = DEFAULT_BATCH, fn: str = "open_fit_input"):
+    """The input of ``hermes.fit`` for one DDP rank, read no further than the rank needs.
+
+    - every shard a local ``.npy`` or ``.safetensors`` (float16/32/64, bf16): a :class:`ShardArray`, read lazily
+      by row, so each rank reads only the rows of its share of every minibatch (and rank 0 the k-means sample);
+    - otherwise (parquet, objects on a remote filesystem): a :class:`RowPartition`, rank r's contiguous
+      ``1/world`` of the rows read into memory (the parquet row groups covering it), which ``fit`` trains on
+      with a permutation of the partition per rank (see ``fit``'s DDP note).
+
+    Args:
+        inputs: a path or URI, a list of them, or directories (as :func:`read_embeddings`).
+        column, tensor: the parquet column / the safetensors tensor holding the embeddings.
+        sample: fit on this many rows drawn uniformly at random (the rows :func:`read_embeddings` would read
+            with the same ``sample`` and ``seed``), split between the ranks as above.
+        rank, world: this process's rank and the number of ranks (default: the initialized
+            ``torch.distributed`` process group's, else 0 and 1).
+        batch_size: rows per read of ordered readers.
+
+    Returns:
+        a :class:`ShardArray` or :class:`RowPartition`; both have ``shape`` (the whole input's N, d) and
+        ``rows_read``; ``hermes.fit`` takes either.
+    """
+    if rank is None or world is None:
+        rank, world = 0, 1
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                rank, world = dist.get_rank(), dist.get_world_size()
+        except ImportError:
+            pass
+    if isinstance(world, bool) or not isinstance(world, (int, np.integer)) or world < 1:
+        raise ValueError(f"{fn}: world must be a positive integer, got {world!r}")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
+        raise ValueError(f"{fn}: rank must be an integer in [0, {world}), got {rank!r}")
+    shards = [open_shard(p, column=column, tensor=tensor, fn=fn) for p in expand_inputs(fn, inputs)]
+    dims = {s.d for s in shards}
+    if len(dims) > 1:
+        raise ValueError(f"{fn}: the inputs have different dimensions: " +
+                         ", ".join(f"{s.path} d={s.d}" for s in shards))
+    total = sum(s.n for s in shards)
+    if sample is not None and (not isinstance(sample, (int, np.integer)) or isinstance(sample, (bool, np.bool_))
+                               or sample < 1):
+        raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
+    from ._validate import check_seed
+
+    seed = check_seed(fn, seed)
+    keep = sample_rows(total, sample, seed) if sample is not None and sample < total else None
+    if all(_row_array(s) is not None for s in shards):
+        return ShardArray(shards, keep)
+    N = total if keep is None else int(keep.size)
+    bounds = np.array([r * N // world for r in range(world + 1)], dtype=np.int64)
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    ids = np.arange(lo, hi, dtype=np.int64) if keep is None else keep[lo:hi]
+    try:
+        data, decoded = _read_ids(fn, shards, ids, batch_size)
+    finally:
+        for s in shards:
+            s.close()
+    return RowPartition(data, bounds, int(rank), decoded)

@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 from ._checkpoint import CHECKPOINT_NAME, _Checkpoint, _data_fingerprint  # noqa: F401 (re-exported)
-from ._ema import _dist, _hermes, project_orthogonal  # noqa: F401 (re-exported)
-from ._kmeans import _KMEANS_BATCH, _rvq, kmeans
+from ._ema import _dist, _hermes, _rvq_rank0, project_orthogonal  # noqa: F401 (re-exported)
+from ._kmeans import _KMEANS_BATCH, kmeans
 from ._sources import _Source, _torch
 from ._validate import check_int, check_metric
 from .model import MAX_CODEWORDS, MAX_LEVELS, Model
@@ -110,6 +110,7 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
     Args:
         x: ``[N, d]`` training embeddings: a numpy array (a memmap larger than memory is streamed in
             minibatches, never loaded whole), or a torch tensor (CPU or CUDA). N >= max(levels).
+            Or the result of :func:`hermes.readers.open_fit_input` (files read per DDP rank; see DDP below).
         levels: codebook sizes per stage, e.g. ``(256, 256, 256)`` (1 to 8 positive integers <= 65,536).
         method: ``"hermes"``: the Learned Semantic Transform h = normalize(W x + b) (W starts as the
             identity, b as zeros) trained jointly with the residual quantizer, as in the paper:
@@ -190,12 +191,24 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
         ``model.fused`` is True; ``"plain_rvq"`` and ``"residual_kmeans"`` have W = None and b = None.
         ``model.train_stats`` (a dict) holds, per epoch, the mean losses, the dead codes reset
         (``dead_codes_reset`` and ``dead_codes_reset_per_level``) and the seconds spent in data
-        loading, forward, backward + AdamW, orthogonal projection and EMA updates + resets.
+        loading, forward, backward + AdamW, orthogonal projection and EMA updates + resets. For an
+        ``open_fit_input`` x, ``input_rows_read`` counts the input rows this rank materialized: when
+        the input was opened (``before_fit``), by the NaN check (``check``), the k-means init
+        (``init``), the training epochs (``train``) and in all (``total``).
 
     DDP: when ``torch.distributed`` is initialized, every rank must pass the same x and arguments;
     each rank trains on its 1/world share of every global minibatch (``batch_size`` rows per rank),
-    gradients are averaged and EMA statistics summed with all_reduce, and the k-means init and
-    dead-code resets are broadcast from rank 0. Only rank 0 writes checkpoints and shows progress.
+    gradients are averaged and EMA statistics summed with all_reduce, and the k-means init (computed on
+    rank 0 alone) and dead-code resets are broadcast from rank 0. Each rank checks its own 1/world of the
+    rows for NaN / Inf; a bad row fails every rank (its own error on the rank that found it). Only rank 0
+    writes checkpoints and shows progress. To read files without every rank loading all of them, pass
+    :func:`hermes.readers.open_fit_input`'s result as x (``hermes fit`` under torchrun does): a
+    ``ShardArray`` (local .npy / .safetensors) is read by rows, like a memmap; a ``RowPartition``
+    (parquet, remote objects) holds rank r's contiguous 1/world of the rows, and each rank then draws
+    its part of every global minibatch from a seeded permutation of its own partition instead of every
+    world-th row of one global permutation (each global minibatch is then stratified over the
+    partitions; ``ceil(N / (batch_size * world))`` steps per epoch on every rank as before), and the
+    k-means sample (the same rows as without DDP) is gathered from the partitions to rank 0.
 
     Raises:
         ValueError / TypeError naming the argument: x (not 2-d float, NaN/Inf rows, fewer rows than
@@ -215,7 +228,9 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
             raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {v!r}")
     opts = _check_options(fn, method, method_options)
     src = _Source(fn, x, device)
-    src.check_all()  # every row, also those outside the k-means sample of method="residual_kmeans"
+    read0 = src.rows_read
+    _check_rows(src)  # every row, also those outside the k-means sample of method="residual_kmeans"
+    read1 = src.rows_read
     if src.N < max(levels):
         raise ValueError(f"{fn}: x has {src.N} training vectors, fewer than the {max(levels)} codewords of "
                          f"levels={levels}; give more rows or smaller levels")
@@ -231,13 +246,23 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
         ckpt = _Checkpoint(checkpoint_dir, fp, json.loads(json.dumps(config, default=str)))
         if resume:
             blob = ckpt.load()
+    dist, rank, _ = _dist()
     if method == "residual_kmeans":
+        read2 = src.rows_read
         with torch.no_grad():
-            cbs, counts, m = _rvq(src, levels, metric, opts, seed, max(batch_size, _KMEANS_BATCH), progress,
-                                  ckpt, blob)
+            cbs, counts, m = _rvq_rank0(src, levels, metric, opts, seed, max(batch_size, _KMEANS_BATCH), progress,
+                                        ckpt if rank == 0 else None, blob)
+            if dist is not None:  # rank 0 computed them
+                m_t = torch.tensor([float(m)], dtype=torch.float64, device=src.device)
+                for t in [*cbs, *counts, m_t]:
+                    dist.broadcast(t, 0)
+                m = int(m_t.item())
         model = Model([c.cpu().numpy() for c in cbs], metric=metric, normalize=opts["normalize"])
         model.train_stats = {"method": "residual_kmeans", "rows_used": m,
                              "bucket_sizes": [c.cpu().numpy().astype(np.int64) for c in counts]}
+        if read0 is not None:
+            model.train_stats["input_rows_read"] = {"before_fit": read0, "check": read1 - read0,
+                                                    "init": src.rows_read - read2, "total": src.rows_read}
         return model
     learn = method == "hermes"
     W, b, C, stats = _hermes(src, levels, metric, opts, epochs, batch_size, lr, weight_decay, seed, progress,
@@ -245,5 +270,31 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
     model = Model([c.cpu().numpy() for c in C], W=W.cpu().numpy() if learn else None,
                   b=b.cpu().numpy() if learn else None, metric=metric, normalize=True)
     model.train_stats = {"method": method, **stats}
+    if read0 is not None:
+        model.train_stats["input_rows_read"] = {"before_fit": read0, "check": read1 - read0,
+                                                **stats["input_rows_read"], "total": src.rows_read}
     return model
+
+
+def _check_rows(src: _Source) -> None:
+    """src.check_all over this rank's own rows (all rows without DDP). Under DDP the ranks then agree
+    (all_reduce) whether any found a bad row, so none waits for the others in a collective: the rank that
+    found it raises its error (naming the global row), the others say another rank found one."""
+    torch = _torch()
+    dist, rank, world = _dist()
+    err = None
+    try:
+        src.check_all(*src.own_rows(rank, world))
+    except ValueError as e:
+        if dist is None:
+            raise
+        err = e
+    if dist is not None:
+        flag = torch.tensor([0 if err is None else 1], dtype=torch.int32, device=src.device)
+        dist.all_reduce(flag)  # SUM: the number of ranks that found a bad row
+        if err is not None:
+            raise err
+        if int(flag.item()):
+            raise ValueError(f"{src.fn}: another rank found a NaN / Inf or oversized row of x in its share (its "
+                             f"error names the row); rank {rank} found none in its own")
 

@@ -136,3 +136,61 @@ def test_read_embeddings_of_one_npy_is_a_memmap(tmp_path):
     np.save(tmp_path / "a.npy", x)
     got = R.read_embeddings(tmp_path / "a.npy")
     assert isinstance(got, np.memmap) and np.array_equal(got, x)
+
+
+def _fit_shards(tmp_path):
+    """A directory of 3 shards (101 x 7 in all): .npy float32, .safetensors bf16 beside a 1-d tensor, parquet."""
+    import torch
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((101, 7)).astype(np.float32)
+    x[40:70] = torch.from_numpy(x[40:70]).bfloat16().float().numpy()  # exact in bf16
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "a.npy", x[:40])
+    save_file({"ids": torch.arange(30), "emb": torch.from_numpy(x[40:70]).bfloat16()}, str(d / "b.safetensors"))
+    pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[70:].ravel()), 7)}),
+                   d / "c.parquet", row_group_size=8)
+    return d, x
+
+
+@pytest.mark.parametrize("sample", [None, 60])
+def test_shard_array_reads_the_rows_asked_for(tmp_path, sample):
+    d, x = _fit_shards(tmp_path)
+    (d / "c.parquet").unlink()
+    x = x[:70]
+    keep = None if sample is None else R.sample_rows(70, sample, 3)
+    a = R.open_fit_input(d, sample=sample, seed=3, rank=1, world=2)
+    want = x if keep is None else x[keep]
+    assert isinstance(a, R.ShardArray) and a.shape == want.shape and a.dtype == np.float32
+    np.testing.assert_array_equal(a[:], want)
+    assert a.rows_read == len(want)
+    for key in [slice(35, 45), slice(None, None, 7), 39, -1, np.array([44, 3, 39, 40, 3]), np.arange(0)]:
+        np.testing.assert_array_equal(a[key], want[key])
+    n = a.rows_read
+    a[np.array([5, 50])]
+    assert a.rows_read == n + 2  # only the rows asked for
+    np.testing.assert_array_equal(R.read_embeddings(d, sample=sample, seed=3), want)
+    with pytest.raises(IndexError, match="out of range"):
+        a[np.array([len(want)])]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize("sample", [None, 77])
+def test_row_partitions_cover_the_input_once(tmp_path, world, sample):
+    """A parquet shard among the inputs: rank r reads rows [r N / world, (r + 1) N / world) (of the sample), and
+    only the parquet row groups (8 rows) that cover them."""
+    d, x = _fit_shards(tmp_path)
+    want = R.read_embeddings(d, sample=sample, seed=3)
+    parts = [R.open_fit_input(d, sample=sample, seed=3, rank=r, world=world) for r in range(world)]
+    assert all(isinstance(p, R.RowPartition) and p.shape == want.shape for p in parts)
+    assert [p.lo for p in parts] == [r * len(want) // world for r in range(world)]
+    np.testing.assert_array_equal(np.concatenate([p.data for p in parts]), want)
+    if sample is None:
+        for p in parts:  # the memory-mapped rows exactly, and whole 8-row groups of c.parquet's rows [70, 101)
+            lo, hi = max(p.lo, 70) - 70, max(p.hi, 70) - 70
+            groups = (min(31, -(-hi // 8) * 8) - lo // 8 * 8) if hi > lo else 0
+            assert p.rows_read == min(p.hi, 70) - min(p.lo, 70) + groups, (p, p.rows_read)
+    with pytest.raises(ValueError, match="rank must be an integer in"):
+        R.open_fit_input(d, rank=world, world=world)
