@@ -37,6 +37,19 @@ def _env() -> dict:
     return env
 
 
+def _sgemm_rate(q: int, d: int, cols: int = 8192) -> float:
+    """FLOP/s of torch.mm at the Recall@k search's block shape, best of 5 (torch's default threads)."""
+    import torch
+
+    a, b = torch.randn(q, d), torch.randn(cols, d)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.mm(a, b.T)
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * q * d * cols / best
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2_000_000)
@@ -72,7 +85,9 @@ def main():
     cmd = ["/usr/bin/time", "-v"] + _hermes("stats", labels, "--embeddings", emb, "--queries", a.queries,
                                             "--no-progress") + a.extra.split()
     print("$ hermes", " ".join(cmd[5:]))
+    rate0 = _sgemm_rate(a.queries, a.d)
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    rate = max(rate0, _sgemm_rate(a.queries, a.d))
     print(r.stdout)
     if r.returncode:
         print(r.stderr)
@@ -86,6 +101,10 @@ def main():
     print(f"N={a.n:,} d={a.d} float16 ({emb.stat().st_size / 2**30:.2f} GiB): hermes stats {secs:.1f} s wall, "
           f"{cpu:.1f} s CPU (user + sys), peak RSS {rss:.2f} GiB (target < 1.5 GiB, < 60 s); the in-memory path needs >= {floor:.1f} GiB "
           f"({floor / rss:.1f}x); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    gemm = 2.0 * min(a.queries, a.n) * a.n * a.d / rate
+    print(f"peer in the same run: torch sgemm of the Recall@k search's shape ([{a.queries}, {a.d}] x [{a.d}, 8192]) at "
+          f"{rate / 1e9:.0f} GFLOP/s (best of before/after), so the search's GEMM alone needs {gemm:.1f} s: "
+          f"hermes stats wall / that floor = {secs / gemm:.2f}x")
 
 
 if __name__ == "__main__":
