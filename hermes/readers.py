@@ -429,6 +429,19 @@ def sample_rows(total: int, sample: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=int(sample), replace=False))
 
 
+def _open_inputs(inputs, column, tensor, sample, seed, fn: str) -> tuple:
+    """(shards of one dimension, total rows, checked sample or None, checked seed) of the readers' inputs."""
+    from ._validate import check_int, check_seed
+
+    shards = [open_shard(p, column=column, tensor=tensor, fn=fn) for p in expand_inputs(fn, inputs)]
+    if len({s.d for s in shards}) > 1:
+        raise ValueError(f"{fn}: the inputs have different dimensions: " +
+                         ", ".join(f"{s.path} d={s.d}" for s in shards))
+    if sample is not None:
+        sample = check_int(fn, "sample", sample, lo=1)
+    return shards, sum(s.n for s in shards), sample, check_seed(fn, seed)
+
+
 def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = None, sample: int | None = None,
                     seed: int = 0, batch_size: int = DEFAULT_BATCH, fn: str = "read_embeddings") -> np.ndarray:
     """Reads shards into one ``[N, d]`` array (float16 kept, bf16/float64 as float32), or ``sample`` random rows.
@@ -436,18 +449,8 @@ def read_embeddings(inputs, *, column: str = "embedding", tensor: str | None = N
     With ``sample`` (< total rows), a uniform sample without replacement is read batch by batch, in shard
     order (memory bounded by the sample). A single ``.npy`` shard read whole is returned memory-mapped.
     """
-    shards = [open_shard(p, column=column, tensor=tensor, fn=fn) for p in expand_inputs(fn, inputs)]
+    shards, total, sample, seed = _open_inputs(inputs, column, tensor, sample, seed, fn)
     d = {s.d for s in shards}
-    if len(d) > 1:
-        raise ValueError(f"{fn}: the inputs have different dimensions: " +
-                         ", ".join(f"{s.path} d={s.d}" for s in shards))
-    total = sum(s.n for s in shards)
-    if sample is not None and (not isinstance(sample, (int, np.integer)) or isinstance(sample, (bool, np.bool_))
-                               or sample < 1):
-        raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
-    from ._validate import check_seed
-
-    seed = check_seed(fn, seed)
     if sample is None or sample >= total:
         if len(shards) == 1 and shards[0].kind == "npy" and getattr(shards[0], "x", None) is not None:
             # a local .npy: a numpy.memmap, which fit streams instead of loading (the shard's own mapping is a
@@ -715,18 +718,7 @@ def open_fit_input(inputs, *, column: str = "embedding", tensor: str | None = No
         raise ValueError(f"{fn}: world must be a positive integer, got {world!r}")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world:
         raise ValueError(f"{fn}: rank must be an integer in [0, {world}), got {rank!r}")
-    shards = [open_shard(p, column=column, tensor=tensor, fn=fn) for p in expand_inputs(fn, inputs)]
-    dims = {s.d for s in shards}
-    if len(dims) > 1:
-        raise ValueError(f"{fn}: the inputs have different dimensions: " +
-                         ", ".join(f"{s.path} d={s.d}" for s in shards))
-    total = sum(s.n for s in shards)
-    if sample is not None and (not isinstance(sample, (int, np.integer)) or isinstance(sample, (bool, np.bool_))
-                               or sample < 1):
-        raise ValueError(f"{fn}: sample must be a positive integer, got {sample!r}")
-    from ._validate import check_seed
-
-    seed = check_seed(fn, seed)
+    shards, total, sample, seed = _open_inputs(inputs, column, tensor, sample, seed, fn)
     keep = sample_rows(total, sample, seed) if sample is not None and sample < total else None
     if all(_row_array(s) is not None for s in shards):
         return ShardArray(shards, keep)
