@@ -179,16 +179,16 @@ def start_ray_head(env: dict, num_cpus: int) -> tuple:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
         if proc.poll() is not None or time.time() > deadline:
-            stop_ray_nodes([proc])
+            stop_ray_nodes([proc], tmp)
             pytest.fail(f"ray start --head did not start (exit status {proc.returncode})")
         time.sleep(0.5)
     return proc, f"127.0.0.1:{port}", tmp
 
 
-def stop_ray_nodes(procs: list) -> None:
+def stop_ray_nodes(procs: list, temp_dir=None) -> None:
     """Stops the `ray start --block` process groups, last started first: SIGTERM, then SIGKILL to the whole group
     after 5 s (a node that has run jobs takes half a minute to stop gracefully; its state lives in its --temp-dir,
-    which nothing reuses)."""
+    which nothing reuses); then removes ``temp_dir`` (the one :func:`start_ray_head` made)."""
     for p in reversed(procs):
         try:
             os.killpg(p.pid, 15)
@@ -204,3 +204,7 @@ def stop_ray_nodes(procs: list) -> None:
         except ProcessLookupError:
             pass
         p.wait()
+    if temp_dir is not None:
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)

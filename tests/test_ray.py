@@ -132,4 +132,4 @@ def test_ray_two_nodes_one_machine(world):
         assert "ray: 2 node(s) labeled" in r.stdout, r.stdout
         _same_as_local(world, root / "two")
     finally:
-        stop_ray_nodes(procs)
+        stop_ray_nodes(procs, tmp)

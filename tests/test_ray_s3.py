@@ -52,7 +52,7 @@ def cluster(s3, tmp_path_factory):
                      device="cpu")
         yield dict(dir=d, address=address, env=env, cwd=tmp)
     finally:
-        stop_ray_nodes([head])
+        stop_ray_nodes([head], tmp)
 
 
 def _hermes(cluster, *args) -> str:
