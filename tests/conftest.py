@@ -1,4 +1,10 @@
-"""Shared fixtures: the device list (CPU always, CUDA when usable) and the bundled real data."""
+"""Shared fixtures: the device list (CPU always, CUDA when usable), the bundled real data, a real S3 server (moto's
+server mode on localhost) and helpers to start Ray nodes as processes the tests own."""
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +65,146 @@ def to_numpy(x):
 def real_embeddings():
     """[20000, 384] float16 L2-normalized MiniLM embeddings of PyPI summaries (bundled)."""
     return np.load(DATA / "pypi_minilm_20k.f16.npy")
+
+
+# ------------------------------------------------------------------------------------- object storage
+def _moto_or_skip():
+    pytest.importorskip("moto", reason="moto is not installed (pip install 'moto[server]>=5.2.5')")
+    pytest.importorskip("flask", reason="moto's server mode needs flask (pip install 'moto[server]>=5.2.5')")
+    return pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'moto[server]>=5.2.5')")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on a free localhost port, the AWS_* settings pointing at it (in os.environ, so child
+    processes started with :func:`child_env` reach it too), and a bucket 'hermes'; yields a boto3 client."""
+    boto3 = _moto_or_skip()
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    old = {}
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail(f"the moto server did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        env = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                   AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        boto3.client("s3").create_bucket(Bucket="hermes")
+        yield boto3.client("s3")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def s3_keys(client, prefix: str, markers: bool = False) -> list:
+    """Object keys under prefix in the bucket 'hermes' (without the empty directory markers pyarrow keeps for its
+    directories, unless ``markers``)."""
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket="hermes", Prefix=prefix).get("Contents", [])
+                  if markers or not o["Key"].endswith("/"))
+
+
+def s3_put(client, local, key: str) -> str:
+    """Uploads the local file to the bucket 'hermes' under key; returns its s3:// URI."""
+    client.upload_file(str(local), "hermes", key)
+    return f"s3://hermes/{key}"
+
+
+# ------------------------------------------------------------------------------------------------ Ray
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_env() -> dict:
+    """:func:`child_env` for the Ray nodes (`ray start`) and drivers (`--address`) of one test: token
+    authentication with a token of their own. Ray (2.60) turns token authentication on for `ray start --head`
+    whenever ~/.ray/auth_token exists (a local `ray.init()` writes one, and sets RAY_AUTH_MODE=token in its own
+    environment), but never for a driver given an explicit address: without one setting for both, whether the
+    driver may connect would depend on what ran before, on the machine and in this process."""
+    import secrets
+
+    env = child_env()
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    return env
+
+
+def ray_node_args() -> list:
+    """Distinct ports for one Ray node of several on this machine (the per-node agents default to fixed ports)."""
+    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+            "--metrics-export-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+            "--min-worker-port", "0", "--max-worker-port", "0"]
+
+
+def ray_command() -> Path:
+    """The `ray` command next to this Python (the test is skipped without it)."""
+    exe = Path(sys.executable).with_name("ray")
+    if not exe.exists():
+        pytest.skip(f"the ray command is not installed next to {sys.executable}")
+    return exe
+
+
+def start_ray_head(env: dict, num_cpus: int) -> tuple:
+    """Starts `ray start --head --block` as a process group this test owns (stop it with :func:`stop_ray_nodes`),
+    in a new short directory under /tmp (its cwd and Ray's --temp-dir: Ray's socket paths must stay short), and
+    waits until its GCS answers. Returns (process, address, directory)."""
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")
+    port = free_port()
+    proc = subprocess.Popen([str(ray_command()), "start", "--head", "--block", "--port", str(port), "--num-cpus",
+                             str(num_cpus), "--include-dashboard=false", "--temp-dir", tmp, "--disable-usage-stats",
+                             *ray_node_args()], env=env, cwd=tmp, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None or time.time() > deadline:
+            stop_ray_nodes([proc], tmp)
+            pytest.fail(f"ray start --head did not start (exit status {proc.returncode})")
+        time.sleep(0.5)
+    return proc, f"127.0.0.1:{port}", tmp
+
+
+def stop_ray_nodes(procs: list, temp_dir=None) -> None:
+    """Stops the `ray start --block` process groups, last started first: SIGTERM, then SIGKILL to the whole group
+    after 5 s (a node that has run jobs takes half a minute to stop gracefully; its state lives in its --temp-dir,
+    which nothing reuses); then removes ``temp_dir`` (the one :func:`start_ray_head` made)."""
+    for p in reversed(procs):
+        try:
+            os.killpg(p.pid, 15)
+        except ProcessLookupError:
+            pass
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(p.pid, 9)
+        except ProcessLookupError:
+            pass
+        p.wait()
+    if temp_dir is not None:
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -6,11 +6,9 @@ machine (`ray start --head` + `ray start --address` with its own resources) labe
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import pytest
 import hermes
 from hermes.label import read_labels
 
-from conftest import DATA, child_env
+from conftest import DATA, child_env, ray_command, ray_env, ray_node_args, start_ray_head, stop_ray_nodes
 
 ray = pytest.importorskip("ray", reason="ray is not installed (optional: pip install 'ray[data]', hermes-rvq[ray])")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
@@ -105,48 +103,19 @@ def test_ray_worker_killed_mid_run_every_row_once(world):
         np.testing.assert_array_equal(np.sort(lab.rows[lab.shard == i]), np.arange([3500, 2500][i]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _node_args() -> list:
-    """Distinct ports for one of two nodes on this machine (the per-node agents default to fixed ports)."""
-    return ["--node-manager-port", str(_free_port()), "--object-manager-port", str(_free_port()),
-            "--metrics-export-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
-            "--dashboard-agent-grpc-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
-            "--min-worker-port", "0", "--max-worker-port", "0"]
-
-
 def test_ray_two_nodes_one_machine(world):
     """A head node and a second node (its own CPU and a custom resource), each a `ray start --block` process group
     this test owns; `hermes label --engine ray --address` from a separate driver process uses both."""
     root = world["root"]
-    exe = Path(sys.executable).with_name("ray")
-    if not exe.exists():
-        pytest.skip(f"the ray command is not installed next to {sys.executable}")
-    env = child_env()
+    env = ray_env()
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
-    port = _free_port()
-    tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")
-    procs = []
+    head, addr, tmp = start_ray_head(env, num_cpus=1)
+    procs = [head]
     try:
-        procs.append(subprocess.Popen([str(exe), "start", "--head", "--block", "--port", str(port), "--num-cpus", "1",
-                                       "--include-dashboard=false", "--temp-dir", tmp, "--disable-usage-stats",
-                                       *_node_args()], env=env, cwd=tmp, start_new_session=True,
+        procs.append(subprocess.Popen([str(ray_command()), "start", "--block", "--address", addr, "--num-cpus", "1",
+                                       "--resources", '{"second_node": 1}', "--disable-usage-stats",
+                                       *ray_node_args()], env=env, cwd=tmp, start_new_session=True,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        addr = f"127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:  # the head's GCS answers
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
-        procs.append(subprocess.Popen([str(exe), "start", "--block", "--address", addr, "--num-cpus", "1",
-                                       "--resources", '{"second_node": 1}', "--disable-usage-stats", *_node_args()],
-                                      env=env, cwd=tmp, start_new_session=True, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
         probe = ("import ray, time, sys; ray.init(address=sys.argv[1], log_to_driver=False)\n"
                  "for _ in range(240):\n"
                  "    if len([n for n in ray.nodes() if n['Alive']]) == 2: break\n"
@@ -163,13 +132,4 @@ def test_ray_two_nodes_one_machine(world):
         assert "ray: 2 node(s) labeled" in r.stdout, r.stdout
         _same_as_local(world, root / "two")
     finally:
-        for p in reversed(procs):
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-        for p in reversed(procs):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
+        stop_ray_nodes(procs, tmp)

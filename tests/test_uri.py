@@ -3,11 +3,6 @@ reached through pyarrow's S3FileSystem over HTTP (no client mocks). label / fit 
 for inputs and outputs; outputs are published as complete objects (temporary object, then a move), the
 manifest last; a rerun skips finished shards."""
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,58 +10,7 @@ import pytest
 import hermes
 from hermes.label import read_labels
 
-from conftest import DATA
-
-pytest.importorskip("moto", reason="moto is not installed (pip install 'moto[server]>=5.2.5')")
-pytest.importorskip("flask", reason="moto's server mode needs flask (pip install 'moto[server]>=5.2.5')")
-boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'moto[server]>=5.2.5')")
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server on a free localhost port, the AWS_* settings pointing at it, and a bucket 'hermes'."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    pytest.fail(f"the moto server did not start: {log.read_text()[-2000:]}")
-                time.sleep(0.2)
-        env = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                   AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        boto3.client("s3").create_bucket(Bucket="hermes")
-        yield boto3.client("s3")
-    finally:
-        for k, v in locals().get("old", {}).items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _keys(client, prefix):
-    """Object keys under prefix, without the empty directory markers pyarrow keeps for its directories."""
-    return sorted(o["Key"] for o in client.list_objects_v2(Bucket="hermes", Prefix=prefix).get("Contents", [])
-                  if not o["Key"].endswith("/"))
-
-
-def _put(client, local, key):
-    client.upload_file(str(local), "hermes", key)
-    return f"s3://hermes/{key}"
+from conftest import DATA, s3_keys, s3_put
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +30,7 @@ def data(tmp_path_factory, s3):
     model = hermes.fit(x[:1500].astype(np.float32), (16, 8, 4), method="residual_kmeans", progress=False)
     model.save(d / "m.safetensors")
     for name in ["a.npy", "b.parquet", "c.safetensors", "m.safetensors"]:
-        _put(s3, d / name, f"in/{name}" if name != "m.safetensors" else "models/m.safetensors")
+        s3_put(s3, d / name, f"in/{name}" if name != "m.safetensors" else "models/m.safetensors")
     return dict(dir=d, x=x, model=model)
 
 
@@ -108,8 +52,8 @@ def test_label_stats_mix_on_s3_equal_local(s3, data):
                "--no-progress", "--device", "cpu", "--batch-size", "500", "s3://hermes/in/")
     assert "labeled 3 shard(s) (3,000 rows" in out
     # published whole: only the final objects, no temporary ones
-    assert _keys(s3, "labels/") == ["labels/a.parquet", "labels/b.parquet", "labels/c.parquet",
-                                    "labels/manifest.json"]
+    assert s3_keys(s3, "labels/") == ["labels/a.parquet", "labels/b.parquet", "labels/c.parquet",
+                                      "labels/manifest.json"]
     lab, ref = read_labels("s3://hermes/labels"), read_labels(d / "local")
     np.testing.assert_array_equal(lab.codes, ref.codes)
     np.testing.assert_array_equal(lab.rows, ref.rows)
@@ -142,7 +86,7 @@ def test_label_stats_mix_on_s3_equal_local(s3, data):
     got = pq.read_table("s3://hermes/mix/sample.parquet")
     want = pq.read_table(d / "sample.parquet")
     assert got.column("row").to_pylist() == want.column("row").to_pylist()
-    assert _keys(s3, "mix/") == ["mix/sample.parquet", "mix/sample.plan.parquet"]
+    assert s3_keys(s3, "mix/") == ["mix/sample.parquet", "mix/sample.plan.parquet"]
 
 
 def test_fit_on_s3_and_atomic_publish(s3, data, tmp_path):
@@ -163,6 +107,6 @@ def test_fit_on_s3_and_atomic_publish(s3, data, tmp_path):
 
     with pytest.raises(RuntimeError, match="disk on fire"):
         atomic_path("s3://hermes/models/broken.safetensors", broken)
-    assert _keys(s3, "models/") == ["models/fit.safetensors", "models/m.safetensors"]
+    assert s3_keys(s3, "models/") == ["models/fit.safetensors", "models/m.safetensors"]
     with pytest.raises(FileNotFoundError, match="no such file: s3://hermes/in/nothing.npy"):
         hermes.label("s3://hermes/in/nothing.npy", data["model"], tmp_path / "o", progress=False)
