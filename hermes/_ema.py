@@ -149,57 +149,73 @@ def _quantize(h, C, metric):
     return r, commit, res, codes
 
 
-def _train_step(state: _State, e, opts, metric, gen, eye, tm):
+def _train_step(state: _State, e, opts, metric, gen, eye, tm, share: float = 1.0):
     """One training step on the minibatch e [B, d]: forward (transform, quantize, loss terms), backward,
-    AdamW (gradients averaged across DDP ranks), then W <- its nearest orthogonal matrix. Without an
-    optimizer (plain RVQ: W = I, b = 0 frozen) only the forward runs and the loss terms are reported.
+    AdamW, then W <- its nearest orthogonal matrix. Without an optimizer (plain RVQ: W = I, b = 0 frozen)
+    only the forward runs and the loss terms are reported.
 
-    Returns (loss terms as floats, residuals per stage, codes per stage); adds seconds to tm.
+    Under DDP e is this rank's part of the global minibatch and ``share`` its fraction of the global
+    minibatch's rows: the ranks' gradients are summed weighted by their shares, so the row-mean loss
+    terms get the gradient of the mean over the whole global minibatch even when the last one splits
+    unevenly. A rank with no rows (B = 0: the last global minibatch has fewer rows than ranks) computes
+    nothing, contributes a zero gradient and still joins the all-reduce and the optimizer step.
+
+    Returns (loss terms as floats, or None when B = 0; residuals per stage [B, d]; codes per stage [B]);
+    adds seconds to tm.
     """
     torch = _torch()
     F = torch.nn.functional
-    dist, _, world = _dist()
+    dist, _, _ = _dist()
     W, b = state.W, state.b
+    B = e.shape[0]
     t1 = time.perf_counter()
-    if state.opt is None:
+    if B == 0:
+        res = [e.new_zeros((0, e.shape[1])) for _ in state.C]
+        codes = [torch.zeros(0, dtype=torch.int64, device=e.device) for _ in state.C]
+        vals = None
+        for p in (W, b) if state.opt is not None else ():
+            p.grad = torch.zeros_like(p)
+    elif state.opt is None:
         with torch.no_grad():
             h = F.normalize(e, dim=1)
             r, commit, res, codes = _quantize(h, state.C, metric)
             l_quant = (r ** 2).mean()
-        tm["forward"] += time.perf_counter() - t1
         vals = dict(loss=float(l_quant + opts["commitment"] * commit), quant=float(l_quant), commit=float(commit))
-        return vals, res, codes
-    en = F.normalize(e, dim=1)
-    h = F.normalize(F.linear(e, W, b), dim=1)
-    r, commit, res, codes = _quantize(h, state.C, metric)
-    l_quant = (r ** 2).mean() if opts["quant_grad"] else (r.detach() ** 2).mean()
-    B, pairs = e.shape[0], opts["struct_pairs"]
-    i = torch.randint(0, B, (pairs,), generator=gen, device=e.device)
-    j = torch.randint(0, B, (pairs,), generator=gen, device=e.device)
-    # index_select, not h[i]: the backward of advanced indexing with repeated indices accumulates
-    # with atomics on multi-threaded CPUs (run-to-run different gradients); index_select's is
-    # deterministic.
-    hi_, hj_ = h.index_select(0, i), h.index_select(0, j)
-    l_struct = (((en.index_select(0, i) * en.index_select(0, j)).sum(1) - (hi_ * hj_).sum(1)) ** 2).mean()
-    l_ortho = ((W.T @ W - eye) ** 2).sum()
-    loss = l_struct + l_quant + opts["ortho_weight"] * l_ortho + opts["commitment"] * commit
+    else:
+        en = F.normalize(e, dim=1)
+        h = F.normalize(F.linear(e, W, b), dim=1)
+        r, commit, res, codes = _quantize(h, state.C, metric)
+        l_quant = (r ** 2).mean() if opts["quant_grad"] else (r.detach() ** 2).mean()
+        pairs = opts["struct_pairs"]
+        i = torch.randint(0, B, (pairs,), generator=gen, device=e.device)
+        j = torch.randint(0, B, (pairs,), generator=gen, device=e.device)
+        # index_select, not h[i]: the backward of advanced indexing with repeated indices accumulates
+        # with atomics on multi-threaded CPUs (run-to-run different gradients); index_select's is
+        # deterministic.
+        hi_, hj_ = h.index_select(0, i), h.index_select(0, j)
+        l_struct = (((en.index_select(0, i) * en.index_select(0, j)).sum(1) - (hi_ * hj_).sum(1)) ** 2).mean()
+        l_ortho = ((W.T @ W - eye) ** 2).sum()
+        loss = l_struct + l_quant + opts["ortho_weight"] * l_ortho + opts["commitment"] * commit
+        terms = dict(loss=loss, struct=l_struct, quant=l_quant, ortho=l_ortho, commit=commit)
+        vals = {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in terms.items()}
     t2 = time.perf_counter()
-    state.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    tm["forward"] += t2 - t1
+    if state.opt is None:
+        return vals, res, codes
+    if B:
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
     if dist is not None:
         for p in (W, b):
+            p.grad.mul_(share)
             dist.all_reduce(p.grad)
-            p.grad /= world
     state.opt.step()
     t3 = time.perf_counter()
     with torch.no_grad():
         W.copy_(project_orthogonal(W))
     t4 = time.perf_counter()
-    tm["forward"] += t2 - t1
     tm["backward"] += t3 - t2
     tm["project"] += t4 - t3
-    terms = dict(loss=loss, struct=l_struct, quant=l_quant, ortho=l_ortho, commit=commit)
-    vals = {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in terms.items()}
     return vals, res, codes
 
 
@@ -233,10 +249,11 @@ def _dead_codes(state: _State, threshold: float) -> list:
     return [torch.nonzero(n < threshold).flatten() for n in state.ema_n]
 
 
-def _reset_dead_codes(state: _State, dead, res, threshold: float, rng: np.random.Generator) -> list:
+def _reset_dead_codes(state: _State, dead, res, threshold: float, rng: np.random.Generator, src: int = 0) -> list:
     """Replaces the codewords dead[l] (index tensors) of each stage with residuals res[l] drawn at random
     (with replacement, as vector-quantize-pytorch) from the current minibatch, their EMA size set to
-    ``threshold`` and their EMA sum to threshold * the residual; broadcast from rank 0 under DDP.
+    ``threshold`` and their EMA sum to threshold * the residual; under DDP drawn from rank ``src``'s part
+    of the minibatch and broadcast from it (rank 0, unless the last global minibatch left it no rows).
     Returns the number of codewords reset per stage."""
     torch = _torch()
     dist, _, _ = _dist()
@@ -245,15 +262,28 @@ def _reset_dead_codes(state: _State, dead, res, threshold: float, rng: np.random
         for l, dl in enumerate(dead):
             if dl.numel() and res is not None:
                 pool = res[l]
-                pick = torch.from_numpy(rng.integers(0, pool.shape[0], size=dl.numel())).to(pool.device)
-                state.C[l][dl] = pool[pick]
-                state.ema_n[l][dl] = float(threshold)
-                state.ema_s[l][dl] = pool[pick] * float(threshold)
+                if pool.shape[0]:  # a rank without rows only receives the broadcast
+                    pick = torch.from_numpy(rng.integers(0, pool.shape[0], size=dl.numel())).to(pool.device)
+                    state.C[l][dl] = pool[pick]
+                    state.ema_n[l][dl] = float(threshold)
+                    state.ema_s[l][dl] = pool[pick] * float(threshold)
                 if dist is not None:
                     for t in (state.C[l], state.ema_n[l], state.ema_s[l]):
-                        dist.broadcast(t, 0)
+                        dist.broadcast(t, src)
             total.append(int(dl.numel()))
     return total
+
+
+def _rank_rows(src: _Source, step: int, batch: int, world: int) -> list:
+    """The number of rows each DDP rank takes from global minibatch ``step``, as :func:`_hermes` slices it:
+    every world-th row of the global slice [step batch world, (step + 1) batch world) of N, or, for a
+    partitioned input, the slice [step batch, (step + 1) batch) of the rank's own partition. Only the last
+    minibatch can be uneven, and can leave a rank with none (N = 5, world = 2, batch = 2: [1, 0])."""
+    if src.part is None:
+        g = min(batch * world, src.N - step * batch * world)
+        return [max(0, -(-(g - r) // world)) for r in range(world)]
+    bounds = src.part[2]
+    return [min(batch, max(0, int(bounds[r + 1] - bounds[r]) - step * batch)) for r in range(world)]
 
 
 def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, progress, ckpt, resume_blob,
@@ -290,7 +320,8 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
             lo, hi, _ = src.part
             lperm = lo + _rng(seed, 4, epoch, rank).permutation(hi - lo)
         tm = dict(data=0.0, forward=0.0, backward=0.0, project=0.0, ema=0.0)
-        sums: dict = {}
+        sums: dict = {}  # loss terms summed over the `done` steps in which this rank had rows
+        done = 0
         resets = [0] * len(levels)
         with tqdm(total=steps, desc=f"{name} epoch {epoch + 1}/{epochs}", disable=not progress or rank,
                   leave=False) as bar:
@@ -300,22 +331,30 @@ def _hermes(src: _Source, levels, metric, opts, epochs, batch, lr, wd, seed, pro
                     idx = perm[step * batch * world:(step + 1) * batch * world][rank::world]
                 else:
                     idx = lperm[step * batch:(step + 1) * batch]
+                rows = _rank_rows(src, step, batch, world)  # every rank's len(idx), known without communication
+                if len(idx) != rows[rank]:
+                    raise RuntimeError(f"hermes: rank {rank} holds {len(idx)} rows of minibatch {step}, "
+                                       f"expected {rows[rank]}")
                 e = src.rows(np.sort(idx))
                 tm["data"] += time.perf_counter() - t0
-                vals, res, codes = _train_step(state, e, opts, metric, gen, eye, tm)
+                vals, res, codes = _train_step(state, e, opts, metric, gen, eye, tm, rows[rank] / sum(rows))
                 t4 = time.perf_counter()
                 _ema_update(state, res, codes, decay, eps)
                 if thr > 0:
-                    for l, k in enumerate(_reset_dead_codes(state, _dead_codes(state, thr), res, thr, rng)):
+                    src_rank = next(r for r, n in enumerate(rows) if n)
+                    for l, k in enumerate(_reset_dead_codes(state, _dead_codes(state, thr), res, thr, rng,
+                                                            src_rank)):
                         resets[l] += k
                 tm["ema"] += time.perf_counter() - t4
-                for k_, v in vals.items():
-                    sums[k_] = sums.get(k_, 0.0) + v
-                bar.set_postfix({**{k_: f"{v:.4g}" for k_, v in vals.items()}, "reset": sum(resets)})
+                if vals is not None:  # None: this rank had no rows in this (last) minibatch
+                    done += 1
+                    for k_, v in vals.items():
+                        sums[k_] = sums.get(k_, 0.0) + v
+                    bar.set_postfix({**{k_: f"{v:.4g}" for k_, v in vals.items()}, "reset": sum(resets)})
                 bar.update(1)
         stats["epochs"].append({"epoch": epoch + 1, "steps": steps, "dead_codes_reset": sum(resets),
                                 "dead_codes_reset_per_level": resets,
-                                **{f"mean_{k_}": v / steps for k_, v in sums.items()},
+                                **{f"mean_{k_}": v / done for k_, v in sums.items()},
                                 **{f"{k_}_s": v for k_, v in tm.items()}})
         if ckpt is not None and rank == 0:
             _save_hermes(ckpt, epoch + 1, state, stats)

@@ -198,8 +198,11 @@ def fit(x, levels=(256, 256, 256), *, method: str = "hermes", metric: str = "cos
 
     DDP: when ``torch.distributed`` is initialized, every rank must pass the same x and arguments;
     each rank trains on its 1/world share of every global minibatch (``batch_size`` rows per rank),
-    gradients are averaged and EMA statistics summed with all_reduce, and the k-means init (computed on
-    rank 0 alone) and dead-code resets are broadcast from rank 0. Each rank checks its own 1/world of the
+    gradients are averaged (weighted by each rank's rows: when N is not a multiple of the global minibatch,
+    the last one splits unevenly and can leave a rank none, which then contributes zero gradient and zero
+    EMA counts but joins every collective) and EMA statistics summed with all_reduce, and the k-means init
+    (computed on rank 0 alone) and dead-code resets are broadcast from rank 0 (from the first rank with rows
+    when the last minibatch left rank 0 none). Each rank checks its own 1/world of the
     rows for NaN / Inf; a bad row fails every rank (its own error on the rank that found it). Only rank 0
     writes checkpoints and shows progress. To read files without every rank loading all of them, pass
     :func:`hermes.readers.open_fit_input`'s result as x (``hermes fit`` under torchrun does): a
