@@ -6,9 +6,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -486,7 +483,8 @@ void bind_assign(py::module_& m) {
 
   m.def(
       "pread_rows_cpu",
-      [](int fd, const py::array_t<int64_t, py::array::c_style>& offsets, int64_t row_bytes, py::array& out) -> int64_t {
+      [](int fd, const py::array_t<int64_t, py::array::c_style>& offsets, int64_t row_bytes, py::array& out,
+         int nthreads) -> int64_t {
         const std::string fn = "pread_rows_cpu";
         const int64_t n = offsets.size();
         if (row_bytes < 0 || !(out.flags() & py::array::c_style) || !out.writeable() ||
@@ -495,28 +493,17 @@ void bind_assign(py::module_& m) {
         const int64_t* off = offsets.data();
         char* dst = static_cast<char*>(out.mutable_data());
         int err = 0;
-        int64_t short_row = -1;
+        int64_t short_row;
         {
           py::gil_scoped_release nogil;
-          for (int64_t i = 0; i < n && short_row < 0; ++i) {
-            int64_t got = 0;
-            while (got < row_bytes) {
-              const ssize_t r = ::pread(fd, dst + i * row_bytes + got, static_cast<size_t>(row_bytes - got),
-                                        static_cast<off_t>(off[i] + got));
-              if (r < 0 && errno == EINTR) continue;
-              if (r < 0) err = errno;
-              if (r <= 0) break;
-              got += r;
-            }
-            if (got < row_bytes) short_row = i;
-          }
+          short_row = hermes::cpu::pread_rows(fd, off, n, row_bytes, dst, &err, nthreads);
         }
         if (err) throw std::runtime_error(std::string("pread: ") + std::strerror(err));
         return short_row;
       },
-      py::arg("fd"), py::arg("offsets").noconvert(), py::arg("row_bytes"), py::arg("out"),
-      "Reads row i (row_bytes bytes at byte offset offsets[i] of file descriptor fd) into out, without the GIL; "
-      "returns the first row the file ended in, or -1");
+      py::arg("fd"), py::arg("offsets").noconvert(), py::arg("row_bytes"), py::arg("out"), py::arg("nthreads") = 1,
+      "Reads row i (row_bytes bytes at byte offset offsets[i] of file descriptor fd) into out, threaded, without "
+      "the GIL; returns the first row the file ended in, or -1");
 
   m.def("cuda_device_count", &hermes::cuda::device_count);
   m.def("cuda_device_error", &hermes::cuda::device_error);

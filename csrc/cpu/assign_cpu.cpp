@@ -3,6 +3,9 @@
 #include "cpu/assign_cpu.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cmath>
@@ -722,6 +725,37 @@ void run_sums(const void* rows, bool f64, int64_t d, const int64_t* starts, cons
       }
     }
   });
+}
+
+int64_t pread_rows(int fd, const int64_t* offsets, int64_t n, int64_t row_bytes, char* out, int* err, int nthreads) {
+  std::atomic<int64_t> first_short{n};
+  std::atomic<int> first_err{0};
+  // Each row is one pread (page-cache copies and syscalls): spread over the same team as the other row loops.
+  parallel_rows(n, nthreads, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi && i < first_short.load(std::memory_order_relaxed); ++i) {
+      int64_t got = 0;
+      while (got < row_bytes) {
+        const ssize_t r = ::pread(fd, out + i * row_bytes + got, static_cast<size_t>(row_bytes - got),
+                                  static_cast<off_t>(offsets[i] + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+          int zero = 0;
+          first_err.compare_exchange_strong(zero, errno);
+        }
+        if (r <= 0) break;
+        got += r;
+      }
+      if (got < row_bytes) {
+        int64_t cur = first_short.load();
+        while (i < cur && !first_short.compare_exchange_weak(cur, i)) {
+        }
+        break;
+      }
+    }
+  });
+  *err = first_err.load();
+  const int64_t s = first_short.load();
+  return s < n ? s : -1;
 }
 
 }  // namespace cpu

@@ -27,6 +27,11 @@ int64_t unit_rows(const void* x, bool half, int64_t n, int64_t d, float* u, doub
 void run_sums(const void* rows, bool f64, int64_t d, const int64_t* starts, const int64_t* ends, int64_t nruns,
               double* out, int nthreads);
 
+// Reads row i (row_bytes bytes at byte offset offsets[i] of the file descriptor fd) into out + i * row_bytes
+// with pread, threaded. Returns the first row the file ended in (or that failed), or -1; *err gets an errno of a
+// failed read, or 0.
+int64_t pread_rows(int fd, const int64_t* offsets, int64_t n, int64_t row_bytes, char* out, int* err, int nthreads);
+
 // Whether the screen's AVX-512 paths (candidate selection, four-way rescoring) run: the CPU has AVX-512F
 // and HERMES_CPU_ISA is not "generic". Fixed at the first call.
 bool use_avx512();
