@@ -424,7 +424,7 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
     if k is not None:
         q = _queries(m, queries, queries, seed)
         src = q if keep is None else keep[q]
-        qv = torch.from_numpy(_unit_rows_np(stream.take(src))[0])
+        qv = torch.from_numpy(_unit_rows_block(stream.take(src))[0])  # a bad query row is named by the pass below
         best_v = torch.full((q.size, k), -float("inf"))
         best_i = torch.zeros((q.size, k), dtype=torch.int64)
         info["queries"] = int(q.size)
@@ -442,9 +442,8 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
             acc = torch.zeros((s1 - s0, d), dtype=torch.float64)
             for lo, x in stream.blocks(block, keep):
                 b = x.shape[0]
-                if p == 0:
-                    _check_finite_block(fn, stream, x, lo, keep)
-                u, norms = _unit_rows_np(x)
+                u, norms = _unit_rows_checked(fn, stream, x, np.arange(lo, lo + b) if keep is None else
+                                              keep[lo:lo + b])
                 if p == 0:
                     nz = norms > 0
                     for depth in range(L):
@@ -542,9 +541,10 @@ def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progr
     return totals
 
 
-def _unit_rows_checked(fn, stream, x: np.ndarray, rows: np.ndarray) -> tuple:
-    """(unit rows float32 [b, d], norms float64 [b]) of a float16/float32 block whose global rows are ``rows``;
-    raises naming the shard file and row of its first row with NaN or Inf."""
+def _unit_rows_block(x: np.ndarray) -> tuple:
+    """(unit rows float32 [b, d], norms float64 [b], first row with NaN or Inf or -1) of a float block, in C++
+    (``_C.unit_rows_cpu``): a zero row stays zero; each row is divided by its largest |value| first, so a finite
+    row whose norm overflows float32 still normalizes correctly; a row with NaN or Inf becomes 0."""
     from ._backend import _C
     from .assign import _nthreads
 
@@ -554,9 +554,19 @@ def _unit_rows_checked(fn, stream, x: np.ndarray, rows: np.ndarray) -> tuple:
     u = np.empty(x.shape, np.float32)
     norms = np.empty(x.shape[0], np.float64)
     bad = _C.unit_rows_cpu(x, u, norms, _nthreads())
+    return u, norms, bad
+
+
+def _unit_rows_checked(fn, stream, x: np.ndarray, rows: np.ndarray) -> tuple:
+    """(unit rows float32 [b, d], norms float64 [b]) of a block whose global rows are ``rows``; raises naming
+    the shard file and row (else the global row) of its first row with NaN or Inf."""
+    u, norms, bad = _unit_rows_block(x)
     if bad >= 0:
         row = int(rows[bad])
-        path, local = stream.locate(row)
+        where = getattr(stream, "locate", None)
+        if where is None:
+            raise ValueError(f"{fn}: embeddings row {row} contains NaN or Inf")
+        path, local = where(row)
         raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {row} of the embeddings)")
     return u, norms
 
@@ -582,30 +592,6 @@ def _search_rows(qv, q: np.ndarray, u, ids: np.ndarray, k: int, best_v, best_i, 
             top = torch.topk(v, k, dim=1)
             best_v[s:s + qchunk] = top.values
             best_i[s:s + qchunk] = torch.gather(i, 1, top.indices)
-
-
-def _unit_rows_np(x: np.ndarray) -> tuple:
-    """(unit rows float32 [b, d], a zero row stays zero; norms > 0 where the row is nonzero). Each row is first
-    divided by its largest |value|, so a finite row whose norm overflows float32 still normalizes correctly."""
-    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are reported by the callers' checks
-        peak = np.abs(x).max(axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), x.dtype)
-        u = np.divide(x, peak, out=np.zeros(x.shape, np.float32), where=peak > 0)
-        norms = np.linalg.norm(u, axis=1)
-        np.divide(u, norms[:, None], out=u, where=norms[:, None] > 0)
-    return u, norms
-
-
-def _check_finite_block(fn: str, stream, x: np.ndarray, lo: int, keep) -> None:
-    """Raises naming the shard file and row (else the global row) of the first row of a block with NaN or Inf."""
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if not bad.size:
-        return
-    row = int(lo + bad[0] if keep is None else keep[lo + bad[0]])
-    where = getattr(stream, "locate", None)
-    if where is not None:
-        path, local = where(row)
-        raise ValueError(f"{fn}: {path} row {local} contains NaN or Inf (row {row} of the embeddings)")
-    raise ValueError(f"{fn}: embeddings row {row} contains NaN or Inf")
 
 
 def _search_block(qv, q: np.ndarray, u, lo: int, k: int, best_v, best_i, qchunk: int) -> None:
