@@ -125,6 +125,25 @@ def s3_put(client, local, key: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ Ray
+def ray_shards_and_model(root: Path, n: int, split: int, row_group_size: int):
+    """The Ray tests' inputs in ``root``: the first n bundled embeddings as a.npy (rows [0, split)) and b.parquet
+    (the rest, fixed_size_list rows in row groups of ``row_group_size``), and a small residual k-means model
+    m.safetensors (16 x 8 x 8, fitted on the first 2,000 rows). Returns (x [n, d] float16, model)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import hermes
+
+    x = np.load(DATA / "pypi_minilm_20k.f16.npy")[:n]
+    np.save(root / "a.npy", x[:split])
+    pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[split:].reshape(-1)),
+                                                                             x.shape[1])}), root / "b.parquet",
+                   row_group_size=row_group_size)
+    model = hermes.fit(x[:2000].astype(np.float32), (16, 8, 8), method="residual_kmeans", progress=False, seed=0)
+    model.save(root / "m.safetensors")
+    return x, model
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

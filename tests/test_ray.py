@@ -17,7 +17,7 @@ import pytest
 import hermes
 from hermes.label import read_labels
 
-from conftest import DATA, child_env, ray_command, ray_env, ray_node_args, start_ray_head, stop_ray_nodes
+from conftest import child_env, ray_command, ray_env, ray_node_args, ray_shards_and_model, start_ray_head, stop_ray_nodes
 
 ray = pytest.importorskip("ray", reason="ray is not installed (optional: pip install 'ray[data]', hermes-rvq[ray])")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
@@ -28,17 +28,8 @@ ARMED = os.path.join(tempfile.gettempdir(), f"hermes-ray-fault-{os.getpid()}")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Two shards of the bundled embeddings (npy + parquet), a small model, single-process labels, a local Ray."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     root = tmp_path_factory.mktemp("ray")
-    x = np.load(DATA / "pypi_minilm_20k.f16.npy")[:6000]
-    np.save(root / "a.npy", x[:3500])
-    pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[3500:].reshape(-1)),
-                                                                             x.shape[1])}), root / "b.parquet",
-                   row_group_size=700)
-    model = hermes.fit(x[:2000].astype(np.float32), (16, 8, 8), method="residual_kmeans", progress=False, seed=0)
-    model.save(root / "m.safetensors")
+    x, model = ray_shards_and_model(root, 6000, 3500, 700)
     hermes.label([root / "a.npy", root / "b.parquet"], root / "m.safetensors", root / "local", progress=False,
                  device="cpu")
     # Workers put the driver's cwd first on their path (from the repository root: the uncompiled source tree).

@@ -19,7 +19,7 @@ import pytest
 import hermes
 from hermes.label import label_columns, read_labels
 
-from conftest import DATA, ray_env, s3_keys, s3_put, start_ray_head, stop_ray_nodes
+from conftest import ray_env, ray_shards_and_model, s3_keys, s3_put, start_ray_head, stop_ray_nodes
 
 pytest.importorskip("ray", reason="ray is not installed (optional: pip install 'ray[data]', hermes-rvq[ray])")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ray[data]')")
@@ -30,21 +30,11 @@ def cluster(s3, tmp_path_factory):
     """A local one-node Ray cluster (2 CPUs) whose workers have the S3 settings; two shards of the bundled
     embeddings (npy + parquet) and a model, on local disk and on the S3 server; the single-process labels of the
     local files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     env = ray_env()  # the hermes under test, and the AWS_* settings the `s3` fixture put in os.environ
     head, address, tmp = start_ray_head(env, num_cpus=2)  # it starts up while the data are prepared
     try:
         d = tmp_path_factory.mktemp("ray_s3")
-        x = np.load(DATA / "pypi_minilm_20k.f16.npy")[:4000]
-        np.save(d / "a.npy", x[:2300])
-        pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x[2300:].reshape(-1)),
-                                                                                 x.shape[1])}), d / "b.parquet",
-                       row_group_size=400)
-        model = hermes.fit(x[:2000].astype(np.float32), (16, 8, 8), method="residual_kmeans", progress=False,
-                           seed=0)
-        model.save(d / "m.safetensors")
+        ray_shards_and_model(d, 4000, 2300, 400)
         for name in ["a.npy", "b.parquet"]:
             s3_put(s3, d / name, f"emb/{name}")
         s3_put(s3, d / "m.safetensors", "models/m.safetensors")
