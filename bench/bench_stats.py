@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import clustered_unit_vectors  # noqa: E402
+from common import clustered_unit_vectors, timeit  # noqa: E402
 
 
 def _hermes(*args) -> list:
@@ -38,16 +38,12 @@ def _env() -> dict:
 
 
 def _sgemm_rate(q: int, d: int, cols: int = 8192) -> float:
-    """FLOP/s of torch.mm at the Recall@k search's block shape, best of 5 (torch's default threads)."""
+    """FLOP/s of torch.mm at the Recall@k search's block shape ([q, d] x [d, cols], as metrics._search_rows runs
+    it), median of 5 (torch's default threads)."""
     import torch
 
     a, b = torch.randn(q, d), torch.randn(cols, d)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        torch.mm(a, b.T)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * q * d * cols / best
+    return 2.0 * q * d * cols / timeit(lambda: torch.mm(a, b.T), repeats=5)
 
 
 def main():
