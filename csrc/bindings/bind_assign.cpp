@@ -460,25 +460,23 @@ void bind_assign(py::module_& m) {
 
   m.def(
       "run_sums_cpu",
-      [](const py::array& rows, const py::array_t<int64_t, py::array::c_style>& starts,
+      [](const py::array_t<float, py::array::c_style>& rows, const py::array_t<int64_t, py::array::c_style>& starts,
          const py::array_t<int64_t, py::array::c_style>& ends, py::array_t<double, py::array::c_style>& out,
          int nthreads) {
         const std::string fn = "run_sums_cpu";
-        const bool f64 = rows.dtype().is(py::dtype::of<double>());
-        if (!f64 && !rows.dtype().is(py::dtype::of<float>())) fail(fn, "rows must be float32 or float64");
-        if (rows.ndim() != 2 || !(rows.flags() & py::array::c_style)) fail(fn, "rows must be C-contiguous [n, d]");
+        if (rows.ndim() != 2) fail(fn, "rows must be float32 [n, d]");
         const int64_t n = rows.shape(0), d = rows.shape(1), k = starts.size();
         if (ends.size() != k) fail(fn, "ends must have as many entries as starts");
         if (out.ndim() != 2 || out.shape(0) != k || out.shape(1) != d) fail(fn, "out must be float64 [len(starts), d]");
         const int64_t *s = starts.data(), *e = ends.data();
         for (int64_t j = 0; j < k; ++j)
           if (s[j] < 0 || s[j] > e[j] || e[j] > n) fail(fn, "runs must satisfy 0 <= starts[j] <= ends[j] <= n");
-        const void* rp = rows.data();
+        const float* rp = rows.data();
         double* op = out.mutable_data();
         py::gil_scoped_release nogil;
-        hermes::cpu::run_sums(rp, f64, d, s, e, k, op, nthreads);
+        hermes::cpu::run_sums(rp, d, s, e, k, op, nthreads);
       },
-      py::arg("rows"), py::arg("starts").noconvert(), py::arg("ends").noconvert(), py::arg("out").noconvert(),
+      py::arg("rows").noconvert(), py::arg("starts").noconvert(), py::arg("ends").noconvert(), py::arg("out").noconvert(),
       py::arg("nthreads"), "out[j] = sum of rows[starts[j]:ends[j]], in float64");
 
   m.def(

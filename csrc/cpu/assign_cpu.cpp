@@ -657,10 +657,6 @@ void add_row_f32(const float* __restrict x, int64_t d, double* __restrict acc) {
   for (int64_t i = 0; i < d; ++i) acc[i] += x[i];
 }
 
-HERMES_CPU_CLONES
-void add_row_f64(const double* __restrict x, int64_t d, double* __restrict acc) {
-  for (int64_t i = 0; i < d; ++i) acc[i] += x[i];
-}
 }  // namespace
 
 int64_t unit_rows(const void* x, bool half, int64_t n, int64_t d, float* u, double* norms, int nthreads) {
@@ -710,19 +706,14 @@ int64_t unit_rows(const void* x, bool half, int64_t n, int64_t d, float* u, doub
   return b < n ? b : -1;
 }
 
-void run_sums(const void* rows, bool f64, int64_t d, const int64_t* starts, const int64_t* ends, int64_t nruns,
+void run_sums(const float* rows, int64_t d, const int64_t* starts, const int64_t* ends, int64_t nruns,
               double* out, int nthreads) {
   parallel_rows(nruns, nthreads, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       double* acc = out + j * d;
       std::fill(acc, acc + d, 0.0);
       const int64_t a = starts[j], e = ends[j];
-      for (int64_t r = a; r < e; ++r) {
-        if (f64)
-          add_row_f64(static_cast<const double*>(rows) + r * d, d, acc);
-        else
-          add_row_f32(static_cast<const float*>(rows) + r * d, d, acc);
-      }
+      for (int64_t r = a; r < e; ++r) add_row_f32(rows + r * d, d, acc);
     }
   });
 }

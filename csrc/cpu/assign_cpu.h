@@ -22,9 +22,8 @@ void f16_to_f32(const uint16_t* in, int64_t n, float* out, int nthreads);
 // norm 0. Returns the first such row, or -1.
 int64_t unit_rows(const void* x, bool half, int64_t n, int64_t d, float* u, double* norms, int nthreads);
 
-// out[j] = sum of rows[starts[j] .. ends[j]), in float64; rows are float32 or, when f64, float64 [n, d]; out is
-// [nruns, d].
-void run_sums(const void* rows, bool f64, int64_t d, const int64_t* starts, const int64_t* ends, int64_t nruns,
+// out[j] = sum of rows[starts[j] .. ends[j]) in float64; rows float32 [n, d], out [nruns, d].
+void run_sums(const float* rows, int64_t d, const int64_t* starts, const int64_t* ends, int64_t nruns,
               double* out, int nthreads);
 
 // Reads row i (row_bytes bytes at byte offset offsets[i] of the file descriptor fd) into out + i * row_bytes
