@@ -444,6 +444,9 @@ def stats(labels_paths, embeddings, column, tensor, classes_file, classes_col, k
             q = info["queries"]
             note += (f"; recall_at_k (k={k}): {'every document' if q == info['n_scored'] else f'{q:,} seeded queries'}"
                      f" searched against {scored}")
+            if info["search_screened"]:
+                note += (f" (float32 neighbours; a bf16 GEMM screened {info['search_screened']:,} of "
+                         f"{info['search_steps']:,} blocks, {info['search_rescored']:,} rows rescored in float32)")
     else:
         rows = report(None, lab.codes, lab.levels, labels=classes, k=None, small=small)
     cols = [c for c in _METRIC_COLS if c in rows[0]]

@@ -363,7 +363,8 @@ def _slots(codes: np.ndarray, levels, n_depths: int):
 
 def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None = 10, queries: int = 1000,
                      sample: int | None = None, seed: int = 0, small: int = 30, block: int = 8192,
-                     memory: int = 1 << 28, progress: bool = False, fn: str = "report_streaming") -> tuple:
+                     memory: int = 1 << 28, progress: bool = False, screen: bool | None = None,
+                     fn: str = "report_streaming") -> tuple:
     """:func:`report` over embeddings read block by block: memory bounded, any N.
 
     stream: a :class:`hermes._stream.EmbeddingStream` (or any object with ``n``, ``d``, ``blocks(rows, keep)``
@@ -376,14 +377,19 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
       split into ranges and the rows stream once per range.
     - recall_at_k: ``queries`` query documents drawn with ``np.random.default_rng(seed)`` (all when N <=
       queries, as :func:`recall_at_k` with exact_max = sample = queries) are searched against all N rows,
-      block by block (float32 torch.mm + a running top-k), in the first pass.
+      block by block (a running top-k), in the first pass. The neighbours are those of a float32 search; on
+      CPUs that multiply bf16 natively a bf16 GEMM with a rigorous error bound screens each block and only the
+      rows that can enter a top k are scored in float32 (:class:`_KnnSearch`). ``screen``: None (that choice),
+      True (screen wherever torch runs a bf16 GEMM) or False (float32 GEMM only).
     - sample: when given (< N), centroid_cosine and recall_at_k are computed on that many documents drawn with
       ``np.random.default_rng(seed)`` (the queries then come from the sample, searched against the sample);
       entropy, pool sizes, nmi and purity always use all N.
 
     fn: the name error messages start with (the caller's, e.g. ``hermes stats``).
 
-    Returns (rows as :func:`report`, info dict: n_scored, sampled, queries, passes, slots).
+    Returns (rows as :func:`report`, info dict: n_scored, sampled, queries, passes, slots, and with Recall@k
+    search_steps (blocks x query chunks searched), search_screened (those the bf16 screen served),
+    search_rescored (rows scored in float32 after the screen)).
     """
     import torch
     from tqdm.auto import tqdm
@@ -420,19 +426,17 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
     ranges = [(s, min(s + per_pass, n_slots)) for s in range(0, max(n_slots, 1), per_pass)]
     totals = np.zeros(L)
     order_key = _b._pack(sc, L, levels)
-    q = qv = best_v = best_i = None
+    search = None
     if k is not None:
         q = _queries(m, queries, queries, seed)
         src = q if keep is None else keep[q]
         qv = torch.from_numpy(_unit_rows_block(stream.take(src))[0])  # a bad query row is named by the pass below
-        best_v = torch.full((q.size, k), -float("inf"))
-        best_i = torch.zeros((q.size, k), dtype=torch.int64)
+        search = _KnnSearch(qv, q, k, block, screen=screen)
         info["queries"] = int(q.size)
-    qchunk = max(1, (1 << 25) // block)
     if getattr(stream, "random_access", False):
         info.update(passes=1, slots=0)
         totals = _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progress,
-                                  (qv, q, k, best_v, best_i, qchunk) if k is not None else None)
+                                  search)
         ranges = []
     else:
         info.update(passes=len(ranges), slots=n_slots)
@@ -449,8 +453,8 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
                     for depth in range(L):
                         single = sizes_l[depth][invs[depth][lo:lo + b]] == 1
                         totals[depth] += float((single & nz).sum())
-                    if k is not None:
-                        _search_block(qv, q, torch.from_numpy(u), lo, k, best_v, best_i, qchunk)
+                    if search is not None:
+                        search.add(torch.from_numpy(u), np.arange(lo, lo + b))
                 # Rows sorted by their deepest bucket: every depth's buckets are contiguous runs, and a bucket's
                 # run is a union of its children's runs, so only the deepest level sums rows; each shallower
                 # level sums its children's sums.
@@ -478,7 +482,8 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
     recall = None
     if k is not None:
         ids_l = invs
-        recall = [float((ids[best_i.numpy()] == ids[q][:, None]).mean()) for ids in ids_l]
+        recall = [float((ids[search.best_i.numpy()] == ids[search.q][:, None]).mean()) for ids in ids_l]
+        info.update(search_steps=search.steps, search_screened=search.screened, search_rescored=search.rescored)
     for depth, r in enumerate(rows):
         r["centroid_cosine"] = float(totals[depth] / m)
         if k is not None:
@@ -491,8 +496,7 @@ def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progr
 
     Every depth's buckets are then contiguous runs of the stream: a block closes the runs that end in it (their
     float64 sums' norms are added; a run of one row adds 1, or 0 for a zero row, without a sum) and carries its
-    last, open run per depth into the next block. Memory: about two blocks. ``search``: (unit queries, query
-    positions, k, best values, best indices, query chunk) for Recall@k, searched in the same pass, or None.
+    last, open run per depth into the next block. Memory: about two blocks. ``search``: the Recall@k search (:class:`_KnnSearch`), fed in the same pass, or None.
     """
     import torch
     from tqdm.auto import tqdm
@@ -511,8 +515,7 @@ def _centroid_sorted(fn, stream, sc, levels, invs, order_key, keep, block, progr
             pos = order[lo:lo + block]  # positions among the scored documents
             u, norms = _unit_rows_checked(fn, stream, x, rows[lo:lo + block])
             if search is not None:
-                qv, q, k, best_v, best_i, qchunk = search
-                _search_rows(qv, q, torch.from_numpy(u), pos, k, best_v, best_i, qchunk)
+                search.add(torch.from_numpy(u), pos)
             b = pos.size
             for depth in range(L):
                 g = invs[depth][pos]
@@ -571,46 +574,97 @@ def _unit_rows_checked(fn, stream, x: np.ndarray, rows: np.ndarray) -> tuple:
     return u, norms
 
 
-def _search_rows(qv, q: np.ndarray, u, ids: np.ndarray, k: int, best_v, best_i, qchunk: int) -> None:
-    """Merges rows ``ids`` (positions, unit float32 [b, d] in ``u``) into each query's running top-k (no self)."""
-    import torch
+class _KnnSearch:
+    """Recall@k's search: each query's running top-k (exact float32 similarities, no self) over unit rows
+    streamed past in blocks.
 
-    ids_t = torch.from_numpy(np.ascontiguousarray(ids))
-    j = np.searchsorted(q, ids)
-    is_q = (j < q.size) & (q[np.minimum(j, q.size - 1)] == ids)
-    qj, cols = j[is_q], np.flatnonzero(is_q)  # block rows that are queries: their own columns are excluded
-    kk = min(k, u.shape[0])
-    with torch.no_grad():
-        for s in range(0, q.size, qchunk):
-            sim = torch.mm(qv[s:s + qchunk], u.T)
-            mine = (qj >= s) & (qj < s + qchunk)
-            if mine.any():
-                sim[torch.from_numpy(qj[mine] - s), torch.from_numpy(cols[mine])] = -float("inf")
-            v, i = torch.topk(sim, kk, dim=1)
-            v = torch.cat([best_v[s:s + qchunk], v], 1)
-            i = torch.cat([best_i[s:s + qchunk], ids_t[i]], 1)
-            top = torch.topk(v, k, dim=1)
-            best_v[s:s + qchunk] = top.values
-            best_i[s:s + qchunk] = torch.gather(i, 1, top.indices)
+    Where the CPU multiplies bf16 natively (AVX512-BF16 or AMX, and torch's bf16 GEMM passes the fp32-accumulation
+    probe of :mod:`hermes.assign`), a block is screened by a bf16 GEMM once every query holds k neighbours: with
+    unit rows q and u split as q = q16 + dq (bf16 rounding to nearest, so ||dq|| <= 2^-8 ||q||), the bf16 score
+    s16 (fp32 accumulation, bf16 output) is within ``SCREEN_ERR`` of q.u, which covers 2^-8 |s16| (output
+    rounding), ||q16|| ||du|| + ||dq|| ||u16|| + ||dq|| ||du|| (the split), d 2^-24 ||q16|| ||u16|| (fp32
+    accumulation) and the float32 rounding of the kept similarities (2 d 2^-24). A row can enter a query's top
+    k only if s16 + err reaches the query's current k-th similarity, so only those rows are scored exactly (in
+    float32) and merged: the neighbours are those of the float32 search. Otherwise, and for a block whose
+    candidates would exceed ``MAX_CAND`` per query, the block is searched by a float32 GEMM.
+    """
 
+    MAX_CAND = 64  # candidates per query in one block before the float32 GEMM is cheaper
 
-def _search_block(qv, q: np.ndarray, u, lo: int, k: int, best_v, best_i, qchunk: int) -> None:
-    """Merges block rows lo.. (unit float32 [b, d]) into each query's running top-k (self excluded)."""
-    import torch
+    def __init__(self, qv, q: np.ndarray, k: int, block: int, screen: bool | None = None):
+        import torch
 
-    b = u.shape[0]
-    a, e = np.searchsorted(q, [lo, lo + b])
-    with torch.no_grad():
-        for s in range(0, q.size, qchunk):
-            sim = torch.mm(qv[s:s + qchunk], u.T)
-            lo_q, hi_q = max(a, s), min(e, s + qchunk)
-            if lo_q < hi_q:  # queries inside this block: not their own neighbour
-                rr = torch.arange(lo_q - s, hi_q - s)
-                sim[rr, torch.from_numpy(q[lo_q:hi_q] - lo)] = -float("inf")
-            kk = min(k, b)
-            v, i = torch.topk(sim, kk, dim=1)
-            v = torch.cat([best_v[s:s + qchunk], v], 1)
-            i = torch.cat([best_i[s:s + qchunk], i + lo], 1)
-            top = torch.topk(v, k, dim=1)
-            best_v[s:s + qchunk] = top.values
-            best_i[s:s + qchunk] = torch.gather(i, 1, top.indices)
+        from .assign import _bf16_gemm_accumulates_fp32, _cpu_has_fast_bf16
+
+        self.qv, self.q, self.k = qv, q, k
+        self.best_v = torch.full((q.size, k), -float("inf"))
+        self.best_i = torch.zeros((q.size, k), dtype=torch.int64)
+        self.qchunk = max(1, (1 << 25) // block)  # at most 2**25 similarities held at once
+        self.screen = _cpu_has_fast_bf16() if screen is None else bool(screen)
+        if self.screen and not _bf16_gemm_accumulates_fp32():
+            raise RuntimeError("the Recall@k screen needs torch's CPU bf16 GEMM to accumulate in fp32, and a probe "
+                               "says this torch/CPU does not; pass screen=False")
+        d = qv.shape[1]
+        unit = 1.0 + d * 2.0 ** -24  # ||u|| of a float32 unit row, rounding included
+        n16, nd = (1.0 + 2.0 ** -8) * unit, 2.0 ** -8 * unit  # bounds of ||u16|| and ||du||
+        self.err = 1.01 * (2.0 ** -8 * (n16 * n16 + 0.01) + 2 * n16 * nd + nd * nd + d * 2.0 ** -24 * n16 * n16) \
+            + 2 * d * 2.0 ** -24
+        self.q16 = qv.bfloat16() if self.screen else None
+        self.steps = self.screened = self.rescored = 0  # (block, query chunk) steps, those screened, rows rescored
+
+    def add(self, u, ids: np.ndarray) -> None:
+        """Merges unit float32 rows ``u`` [b, d] whose positions among the scored documents are ``ids`` [b]
+        (increasing or not) into every query's top k; a query's own row is never its neighbour."""
+        import torch
+
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        ids_t = torch.from_numpy(ids)
+        q = self.q
+        j = np.searchsorted(q, ids)
+        is_q = (j < q.size) & (q[np.minimum(j, q.size - 1)] == ids)
+        qj, cols = j[is_q], np.flatnonzero(is_q)  # block rows that are queries: their own columns are excluded
+        u16 = None
+        with torch.no_grad():
+            for s in range(0, q.size, self.qchunk):
+                e = min(q.size, s + self.qchunk)
+                mine = (qj >= s) & (qj < e)
+                own_r, own_c = torch.from_numpy(qj[mine] - s), torch.from_numpy(cols[mine])
+                bv = self.best_v[s:e]
+                self.steps += 1
+                if self.screen and bool(torch.isfinite(bv[:, -1]).all()):
+                    if u16 is None:
+                        u16 = u.bfloat16()
+                    s16 = torch.mm(self.q16[s:e], u16.T)
+                    cand = s16 >= (bv[:, -1] - self.err)[:, None]
+                    cand[own_r, own_c] = False
+                    nz = cand.nonzero()
+                    if nz.shape[0] <= self.MAX_CAND * (e - s):
+                        self.screened += 1
+                        self.rescored += int(nz.shape[0])
+                        if nz.shape[0]:
+                            qi, col = nz[:, 0], nz[:, 1]
+                            exact = torch.empty(qi.numel())
+                            for c in range(0, qi.numel(), 4096):  # at most 2 x 4096 rows gathered at once
+                                exact[c:c + 4096] = (self.qv[s:e][qi[c:c + 4096]] * u[col[c:c + 4096]]).sum(1)
+                            counts = torch.bincount(qi, minlength=e - s)
+                            rank = torch.arange(qi.numel()) - (torch.cumsum(counts, 0) - counts)[qi]
+                            width = int(counts.max())
+                            pv = torch.full((e - s, width), -float("inf"))
+                            pi = torch.zeros((e - s, width), dtype=torch.int64)
+                            pv[qi, rank] = exact
+                            pi[qi, rank] = ids_t[col]
+                            self._merge(s, e, pv, pi)
+                        continue
+                sim = torch.mm(self.qv[s:e], u.T)
+                sim[own_r, own_c] = -float("inf")
+                v, i = torch.topk(sim, min(self.k, u.shape[0]), dim=1)
+                self._merge(s, e, v, ids_t[i])
+
+    def _merge(self, s: int, e: int, v, i) -> None:
+        import torch
+
+        v = torch.cat([self.best_v[s:e], v], 1)
+        i = torch.cat([self.best_i[s:e], i], 1)
+        top = torch.topk(v, self.k, dim=1)
+        self.best_v[s:e] = top.values
+        self.best_i[s:e] = torch.gather(i, 1, top.indices)

@@ -294,3 +294,73 @@ def test_report_streaming_bad_input(tmp_path):
         hm.report_streaming(stream, np.zeros((9, 2), np.int64), (2, 2))
     with pytest.raises(ValueError, match=r"report_streaming: k=10 needs at least k \+ 1"):
         hm.report_streaming(stream, np.zeros((10, 2), np.int64), (2, 2), k=10)
+
+
+def _near_tied_unit_rows(noise, n=600, d=48, seed=5):
+    """Unit rows in clusters whose similarities differ by about the bf16 screen's error (noise 0.05: a screen
+    without its error bound drops true neighbours) or far less (1e-3: near ties), with exact duplicates and a
+    zero row."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((6, d))
+    x = centers[rng.integers(0, 6, n)] + noise * rng.standard_normal((n, d))
+    x[50:60] = x[49]  # exact duplicates
+    x[7] = 0.0
+    u, _, bad = hm._unit_rows_block(x.astype(np.float32))
+    assert bad < 0
+    return u
+
+
+@pytest.mark.parametrize("noise", [0.05, 1e-3])
+@pytest.mark.parametrize("max_cand", [64, 1])  # 1: most screened blocks fall back to the float32 GEMM
+def test_knn_screen_gives_the_float32_neighbours(monkeypatch, max_cand, noise):
+    import torch
+
+    from hermes.assign import _bf16_gemm_accumulates_fp32
+    if not _bf16_gemm_accumulates_fp32():
+        pytest.skip("torch's CPU bf16 GEMM does not accumulate in fp32 here: the screen is never used")
+    monkeypatch.setattr(hm._KnnSearch, "MAX_CAND", max_cand)
+    u = _near_tied_unit_rows(noise)
+    n, k = u.shape[0], 7
+    q = np.sort(np.random.default_rng(1).choice(n, 90, replace=False))
+    qv = torch.from_numpy(u[q])
+    runs = {}
+    for screen in (True, False):
+        s = hm._KnnSearch(qv, q, k, block=37, screen=screen)
+        order = np.random.default_rng(2).permutation(n)  # rows arrive in any order, as in the bucket-sorted pass
+        for lo in range(0, n, 37):
+            ids = order[lo:lo + 37]
+            s.add(torch.from_numpy(u[ids]), ids)
+        runs[screen] = s
+    scr, ref = runs[True], runs[False]
+    assert ref.screened == 0 and ref.rescored == 0
+    if max_cand == 64:
+        assert scr.screened > 0 and scr.rescored > 0
+    # the same k-th similarities as the float32 search, and every neighbour is truly among the top k (float64)
+    assert torch.allclose(scr.best_v, ref.best_v, rtol=0, atol=2e-6)
+    u64 = u.astype(np.float64)
+    for r, i in enumerate(q):
+        sim = u64 @ u64[i]
+        sim[i] = -np.inf
+        kth = np.sort(sim)[-k]
+        got = scr.best_i[r].numpy()
+        assert i not in got and len(set(got)) == k
+        assert (sim[got] >= kth - 1e-5).all()
+
+
+def test_report_streaming_screen_matches_float32(tmp_path):
+    from hermes.assign import _bf16_gemm_accumulates_fp32, _cpu_has_fast_bf16
+    if not _bf16_gemm_accumulates_fp32():
+        pytest.skip("torch's CPU bf16 GEMM does not accumulate in fp32 here: the screen is never used")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 24))[rng.integers(0, 5, 400)] + 0.3 * rng.standard_normal((400, 24))
+    u = hm._unit_rows_block(x.astype(np.float32))[0]  # no exact ties: the neighbours are unique
+    codes = np.stack([rng.integers(0, 4, 400), rng.integers(0, 5, 400)], 1)
+    codes[:, 0] = (u[:, 0] > 0).astype(np.int64)  # bucket by a feature of the rows, so recall is not flat
+    stream = _stream(tmp_path, [u[:150], u[150:]], ("npy", "npy"))
+    a, ia = hm.report_streaming(stream, codes, (4, 5), k=5, queries=120, block=29, screen=True)
+    b, ib = hm.report_streaming(stream, codes, (4, 5), k=5, queries=120, block=29, screen=False)
+    c, ic = hm.report_streaming(stream, codes, (4, 5), k=5, queries=120, block=29)  # the default: bf16 where native
+    assert ia["search_screened"] > 0 and ib["search_screened"] == 0
+    assert (ic["search_screened"] > 0) == _cpu_has_fast_bf16()
+    for ra, rb, rc in zip(a, b, c):
+        assert ra["recall_at_k"] == rb["recall_at_k"] == rc["recall_at_k"]
