@@ -610,6 +610,7 @@ class _KnnSearch:
         self.err = 1.01 * (2.0 ** -8 * (n16 * n16 + 0.01) + 2 * n16 * nd + nd * nd + d * 2.0 ** -24 * n16 * n16) \
             + 2 * d * 2.0 ** -24
         self.q16 = qv.bfloat16() if self.screen else None
+        self.q_t = torch.from_numpy(np.ascontiguousarray(q, dtype=np.int64))
         self.steps = self.screened = self.rescored = 0  # (block, query chunk) steps, those screened, rows rescored
 
     def add(self, u, ids: np.ndarray) -> None:
@@ -635,17 +636,18 @@ class _KnnSearch:
                     if u16 is None:
                         u16 = u.bfloat16()
                     s16 = torch.mm(self.q16[s:e], u16.T)
-                    cand = s16 >= (bv[:, -1] - self.err)[:, None]
-                    cand[own_r, own_c] = False
-                    nz = cand.nonzero()
+                    thr = bv[:, -1] - self.err  # a row is a candidate for query i when s16 >= thr[i]
+                    hot = (s16.amax(1).float() >= thr).nonzero()[:, 0]  # most queries have none in a block
+                    nz = (s16[hot] >= thr[hot, None]).nonzero()
                     if nz.shape[0] <= self.MAX_CAND * (e - s):
                         self.screened += 1
                         self.rescored += int(nz.shape[0])
                         if nz.shape[0]:
-                            qi, col = nz[:, 0], nz[:, 1]
+                            qi, col = hot[nz[:, 0]], nz[:, 1]
                             exact = torch.empty(qi.numel())
                             for c in range(0, qi.numel(), 4096):  # at most 2 x 4096 rows gathered at once
                                 exact[c:c + 4096] = (self.qv[s:e][qi[c:c + 4096]] * u[col[c:c + 4096]]).sum(1)
+                            exact[ids_t[col] == self.q_t[s:e][qi]] = -float("inf")  # not its own neighbour
                             counts = torch.bincount(qi, minlength=e - s)
                             rank = torch.arange(qi.numel()) - (torch.cumsum(counts, 0) - counts)[qi]
                             width = int(counts.max())
