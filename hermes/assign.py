@@ -165,8 +165,12 @@ def _cpu_has_fast_bf16() -> bool:
 
 
 def _duplicate_rows(C: np.ndarray) -> np.ndarray:
-    """Indices of the rows of C [K, d] equal to a lower-index row (int32, increasing): codewords that never win."""
-    _, first = np.unique(C, axis=0, return_index=True)
+    """Indices of the rows of C [K, d] equal to a lower-index row (int32, increasing): codewords that never win.
+
+    Rows compare by their bytes (10x faster than ``np.unique(axis=0)``): rows equal only up to the sign of a zero
+    stay unmarked, which costs a candidate, never a code."""
+    C = np.ascontiguousarray(C)
+    _, first = np.unique(C.view(np.dtype((np.void, C.dtype.itemsize * C.shape[1]))).ravel(), return_index=True)
     keep = np.zeros(len(C), dtype=bool)
     keep[first] = True
     return np.flatnonzero(~keep).astype(np.int32)
