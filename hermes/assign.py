@@ -39,9 +39,11 @@ def _progress(total: int, enabled, desc: str):
 
 
 def _cpu_source(fn: str, x):
-    """Returns (get_batch(lo, hi) -> float32 C-contiguous numpy, N) without copying the whole input.
+    """Returns (get_batch(lo, hi) -> float32 C-contiguous numpy, N, get_half) without copying the whole input.
 
     A batch is valid until the next get_batch call (float16 input is converted into one reused buffer).
+    get_half(lo, hi) -> the float16 rows as they are (C-contiguous), for the bf16 screen, which reads float16
+    itself; None for other dtypes.
     """
     if is_torch(x):
         import torch
@@ -57,7 +59,7 @@ def _cpu_source(fn: str, x):
                     tscratch[:] = [torch.empty((hi - lo,) + tuple(x.shape[1:]), dtype=torch.float32)]
                 return tscratch[0][:hi - lo].copy_(x[lo:hi]).numpy()
 
-            return get_bf16, x.shape[0]
+            return get_bf16, x.shape[0], None
     if x.dtype == np.float16:  # the C++ conversion is several times faster than numpy's
         nt = _nthreads()
         scratch = []  # one float32 buffer reused by every batch (fresh pages per batch cost page faults)
@@ -70,8 +72,8 @@ def _cpu_source(fn: str, x):
             _C.f16_to_f32_cpu(chunk.view(np.int16), out, nt)
             return out
 
-        return get16, x.shape[0]
-    return (lambda lo, hi: np.ascontiguousarray(x[lo:hi], dtype=np.float32)), x.shape[0]
+        return get16, x.shape[0], (lambda lo, hi: np.ascontiguousarray(x[lo:hi]))
+    return (lambda lo, hi: np.ascontiguousarray(x[lo:hi], dtype=np.float32)), x.shape[0], None
 
 
 def _tensor(a: np.ndarray):
@@ -239,7 +241,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                            "says this torch/CPU does not; use precision='fp32' or 'auto'")
     screen = t.folded and (precision == "bf16" or (precision == "auto" and _cpu_has_fast_bf16()))
     tab, M16 = _exec_tables(model, "cpu", screen)
-    get, N = _cpu_source(fn, x)
+    get, N, get_half = _cpu_source(fn, x)
     L, nt, d = model.L, _nthreads(), model.d
     codes = np.zeros((N, L), dtype=np.int32)
     B = min(batch_size, max(N, 1))
@@ -255,7 +257,9 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
     with _progress(N, progress, "assign_codes") as bar:
         for lo in range(0, N, batch_size):
             hi = min(N, lo + batch_size)
-            xb, cb, inv_s = get(lo, hi), codes[lo:hi], inv_buf[:hi - lo]
+            cb, inv_s = codes[lo:hi], inv_buf[:hi - lo]
+            # float16 rows go to the screen as they are (converted row by row in C++, no float32 copy)
+            xb = get_half(lo, hi) if screen and get_half is not None else get(lo, hi)
             if t.folded and screen:
                 x16, xn, dxn = x16_buf[:hi - lo], xn_buf[:hi - lo], dxn_buf[:hi - lo]
                 _C.norms_split(xb, tab, inv_s, x16, xn, dxn, nthreads=nt)
@@ -536,7 +540,7 @@ def transform(x, model: Model, *, batch_size: int | None = None):
                 _check_finite_cuda(fn, inv_s, 0, x)
         return h
     t = model._host_tables()
-    get, N = _cpu_source(fn, x)
+    get, N, _ = _cpu_source(fn, x)
     out = np.empty((N, model.d), dtype=np.float32)
     nt = _nthreads()
     for lo in range(0, N, bs):

@@ -503,3 +503,36 @@ def test_cuda_screen_equals_cpu_screen_on_same_g16(dtype, metric):
             check_codes(x32, model, hermes.assign_codes(xc, model, precision=precision))
     # The setting the screen turns off for its GEMM is restored afterwards.
     assert torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction == setting
+
+
+def test_cpu_screen_reads_float16_rows_as_their_float32_values():
+    # The CPU screen takes float16 (and bfloat16) rows as they are, converting row by row: the norms, the bf16
+    # split, the rescoring and so the codes must be those of the same rows given as float32, bit for bit.
+    import torch
+
+    from hermes._backend import _C
+
+    model = make_model(64, (256, 64, 32), "l2", "orthogonal")
+    x16 = unit_rows(700, 64, seed=4).astype(np.float16)
+    x32 = x16.astype(np.float32)
+    ins = {}
+    for name, x in (("f16", x16), ("f32", x32), ("bf16", torch.from_numpy(x32).bfloat16())):
+        if name == "bf16":  # bfloat16 rows: compare against their own float32 values
+            x32b = x.float().numpy()
+            ins["bf16_ref"] = _screen_inputs(model, x32b)
+        ins[name] = _screen_inputs(model, x)
+    for a, b in (("f16", "f32"), ("bf16", "bf16_ref")):
+        for u, v in zip(ins[a][1:], ins[b][1:]):
+            np.testing.assert_array_equal(u, v)
+    tab, inv, _, xn, dxn, g16 = ins["f16"]
+    out = {}
+    for name, x in (("f16", x16), ("f32", x32)):
+        codes, rescored = np.zeros((len(x), 3), np.int32), np.zeros(1, np.int64)
+        _C.screen_rescore(torch.from_numpy(g16).view(torch.bfloat16), x, tab, inv, xn, dxn, codes, rescored,
+                          nthreads=2)
+        out[name] = codes, int(rescored[0])
+    assert out["f16"][1] == out["f32"][1] > 0  # rows were rescored, from the float16 rows converted in C++
+    np.testing.assert_array_equal(out["f16"][0], out["f32"][0])
+    np.testing.assert_array_equal(hermes.assign_codes(x16, model, precision="bf16"),
+                                  hermes.assign_codes(x32, model, precision="bf16"))
+    check_codes(x32, model, hermes.assign_codes(x16, model, precision="bf16"))

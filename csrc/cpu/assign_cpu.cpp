@@ -111,6 +111,41 @@ void parallel_rows(int64_t n, int nthreads, F&& fn) {
 #define HERMES_CPU_CLONES
 #endif
 
+// IEEE half -> float, vectorized by the x86-64-v3/v4 clones (F16C / AVX-512 conversions).
+HERMES_CPU_CLONES
+void half_to_float(const _Float16* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+// bfloat16 -> float: the bits shifted into the high half (exact).
+HERMES_CPU_CLONES
+void bf16_to_float_row(const uint16_t* in, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = core::bf16_to_float(in[i]);
+}
+
+// Row r of x as float32: float32 rows in place; float16 / bfloat16 rows converted (exactly) into buf [d], so
+// reduced-precision input is read once, row by row, with no float32 copy of the batch.
+const float* f32_row(const core::Rows& x, int64_t r, float* buf) {
+  if (x.dtype == core::kF32) return static_cast<const float*>(x.data) + r * x.ld;
+  if (x.dtype == core::kF16)
+    half_to_float(static_cast<const _Float16*>(x.data) + r * x.ld, x.d, buf);
+  else
+    bf16_to_float_row(static_cast<const uint16_t*>(x.data) + r * x.ld, x.d, buf);
+  return buf;
+}
+
+// A row converted on first use: the screen needs x itself only to rescore, which most rows never do.
+struct LazyRow {
+  const core::Rows* x;
+  int64_t r;
+  float* buf;
+  const float* p = nullptr;
+  const float* get() {
+    if (p == nullptr) p = f32_row(*x, r, buf);
+    return p;
+  }
+};
+
 // The 32 lane partials of the warp-order reduction: element i goes to lane i % 32.
 HERMES_CPU_CLONES
 void lane_partials(const float* xr, const float* wr, int64_t d, float* xx, float* wx) {
@@ -340,7 +375,7 @@ struct ScreenScratch {
 // first, then, in increasing k, the other candidates whose upper bound reaches its exact score. The CUDA
 // screen_rescore_kernel applies the same rule. Returns the number of rescored dot products.
 HERMES_CPU_CLONES
-int64_t screened_row(const uint16_t* gr, const float* xr, const core::Tables& t,
+int64_t screened_row(const uint16_t* gr, LazyRow& xr, const core::Tables& t,
                      const std::vector<std::vector<int32_t>>& shadowed, float inv_s, float x16_norm, float dx_norm,
                      int32_t* code_row, ScreenScratch& s) {
   const core::Bound e = core::row_bound(x16_norm, dx_norm, t.d);
@@ -376,7 +411,7 @@ int64_t screened_row(const uint16_t* gr, const float* xr, const core::Tables& t,
     }
     core::Best best = core::best_init();
     auto rescore_into = [&](const int32_t* c, int count) {  // exact fp32 scores of codewords c[0..count)
-      rescore(xr, t.mt + off * t.d, t.d, c, count, gbuf);
+      rescore(xr.get(), t.mt + off * t.d, t.d, c, count, gbuf);
       for (int i = 0; i < count; ++i)
         core::best_update(best, core::score_from_parts(gbuf[i], p.beta[c[i]], inv_s, corr[c[i]], p.cterm[c[i]],
                                                        p.metric), c[i]);
@@ -410,6 +445,11 @@ void require(bool ok, const char* msg) {
   if (!ok) throw std::invalid_argument(std::string("hermes CPU executor: ") + msg);
 }
 
+void require_input(const core::Rows& x) {
+  require(x.dtype == core::kF32 || x.dtype == core::kF16 || x.dtype == core::kBF16,
+          "x must be float32, float16 or bfloat16");
+}
+
 const float* f32_rows(const core::Rows& x) {
   require(x.dtype == core::kF32, "x must be float32 (the CPU path converts float16/bfloat16 input first)");
   return static_cast<const float*>(x.data);
@@ -425,7 +465,7 @@ int max_k(const core::Tables& t) {
 
 void norms_split(const core::Rows& x, const core::Tables& t, float* inv_s, uint16_t* x16, float* x16_norm,
                  float* dx_norm, const core::Exec& e) {
-  const float* xp = f32_rows(x);
+  require_input(x);
   const int64_t d = x.d;
   std::vector<float> zeros;
   const float* wtb = t.wtb;
@@ -435,8 +475,9 @@ void norms_split(const core::Rows& x, const core::Tables& t, float* inv_s, uint1
   }
   parallel_rows(x.n, e.nthreads, [&](int64_t lo, int64_t hi) {
     std::vector<uint16_t> scratch(x16 == nullptr && x16_norm != nullptr ? static_cast<size_t>(d) : 0);
+    std::vector<float> row(x.dtype == core::kF32 ? 0 : static_cast<size_t>(d));
     for (int64_t r = lo; r < hi; ++r) {
-      const float* xr = xp + r * x.ld;
+      const float* xr = f32_row(x, r, row.data());
       if (x16 == nullptr && x16_norm == nullptr && dx_norm == nullptr) {
         inv_s[r] = row_inv_norm(xr, wtb, d, t.bb, t.normalize);
         continue;
@@ -453,7 +494,7 @@ void norms_split(const core::Rows& x, const core::Tables& t, float* inv_s, uint1
 void screen_rescore(const uint16_t* g16, int64_t ldg, const core::Rows& x, const core::Tables& t, const float* inv_s,
                     const float* x16_norm, const float* dx_norm, int32_t* codes, int64_t* rescored,
                     const core::Exec& e) {
-  const float* xp = f32_rows(x);
+  require_input(x);
   require(t.mt != nullptr && t.m16_norm != nullptr && t.dm_norm != nullptr && t.shadow != nullptr,
           "screen_rescore needs the screen tables (mt, m16_norm, dm_norm, shadow)");
   std::vector<std::vector<int32_t>> shadowed(static_cast<size_t>(t.L));
@@ -464,10 +505,12 @@ void screen_rescore(const uint16_t* g16, int64_t ldg, const core::Rows& x, const
   std::atomic<int64_t> total{0};
   parallel_rows(x.n, e.nthreads, [&](int64_t lo, int64_t hi) {
     ScreenScratch s(maxK);
+    std::vector<float> row(x.dtype == core::kF32 ? 0 : static_cast<size_t>(x.d));
     int64_t local = 0;
-    for (int64_t r = lo; r < hi; ++r)
-      local += screened_row(g16 + r * ldg, xp + r * x.ld, t, shadowed, inv_s[r], x16_norm[r], dx_norm[r],
-                            codes + r * t.L, s);
+    for (int64_t r = lo; r < hi; ++r) {
+      LazyRow xr{&x, r, row.data()};
+      local += screened_row(g16 + r * ldg, xr, t, shadowed, inv_s[r], x16_norm[r], dx_norm[r], codes + r * t.L, s);
+    }
     total += local;
   });
   *rescored += total.load();
@@ -581,14 +624,6 @@ void rotate(const core::Rows& x, const float* wt, const float* bias, bool normal
   });
   normalize_rows(h, x.n, d, normalize, inv_s, e);
 }
-
-namespace {
-// IEEE half -> float, vectorized by the x86-64-v3/v4 clones (F16C / AVX-512 conversions).
-HERMES_CPU_CLONES
-void half_to_float(const _Float16* in, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
-}
-}  // namespace
 
 void f16_to_f32(const uint16_t* in, int64_t n, float* out, int nthreads) {
   const _Float16* h = reinterpret_cast<const _Float16*>(in);
