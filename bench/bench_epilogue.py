@@ -6,7 +6,9 @@ W, each step timed alone (median of --repeats) through the same hermes._C operat
   fp32 path (auto on CPUs without native bf16):  norms_split | torch.mm fp32 | argmax_levels
   bf16 screen (auto with AVX512-BF16/AMX):       norms_split + bf16 split | torch.mm bf16 | screen_rescore
 
-and the whole assign_codes call on the same batch. Prints the CPU, its ISA flags and which path auto takes.
+and the whole assign_codes call on the same batch; then the bf16 steps inside a loop over --loop-batches batches
+(float32 and float16 rows, buffers reused as assign_codes reuses them), the epilogue's steady-state share. Prints
+the CPU, its ISA flags and which path auto takes.
 
     python bench/bench_epilogue.py [--batch 16384] [--repeats 7]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ def main():
     p.add_argument("--batch", type=int, default=A.CPU_BATCH)
     p.add_argument("--d", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--loop-batches", type=int, default=6, help="batches in the steady-state loop")
     args = p.parse_args()
     B, d, levels, r = args.batch, args.d, (256, 256, 256), args.repeats
     nt = A._nthreads()
@@ -87,6 +91,34 @@ def main():
     print_table(rows, ["path", "step", "ms", "of the call"])
     print(f"epilogue (all but the GEMM): fp32 path {ms(t_fp32 - t_gemm)} ms ({1 - t_gemm / t_fp32:.1%}), "
           f"bf16 screen {ms(t_bf16 - t_gemm16)} ms ({1 - t_gemm16 / t_bf16:.1%})")
+    print("(one batch per call: the whole call also pays its fresh buffers' page faults, which a longer input "
+          "pays once)")
+
+    # Steady state: --loop-batches consecutive batches through the same calls and reused buffers, as
+    # assign_codes runs an input of many batches, each step timed inside the loop (caches as they really are).
+    nb = args.loop_batches
+    xs = clustered_unit_vectors(nb * B, d, seed=2)
+    for name, xin in (("float32", xs), ("float16", xs.astype(np.float16))):
+        steps = np.zeros(3)
+        walls = []
+        for _ in range(r):
+            t0 = time.perf_counter()
+            for b in range(nb):
+                xb = xin[b * B:(b + 1) * B]
+                t1 = time.perf_counter()
+                _C.norms_split(xb, tab16, inv, x16, xn, dxn, nthreads=nt)
+                t2 = time.perf_counter()
+                torch.mm(x16t, M16, out=g16)
+                t3 = time.perf_counter()
+                _C.screen_rescore(g16, xb, tab16, inv, xn, dxn, codes, rescored, nthreads=nt)
+                steps += (t2 - t1, t3 - t2, time.perf_counter() - t3)
+            walls.append(time.perf_counter() - t0)
+        steps /= r
+        tot = steps.sum()
+        print(f"steady state, {nb} batches of {B:,} {name} rows ({nb * B / np.median(walls):,.0f} rows/s): "
+              f"norms + split {ms(steps[0] / nb)} ms/batch ({steps[0] / tot:.1%}), bf16 GEMM {ms(steps[1] / nb)} "
+              f"({steps[1] / tot:.1%}), screen + rescoring {ms(steps[2] / nb)} ({steps[2] / tot:.1%}): epilogue "
+              f"{(steps[0] + steps[2]) / tot:.1%} of the batch")
 
 
 if __name__ == "__main__":
