@@ -349,12 +349,13 @@ def _screen_inputs(model, x):
     return tab, inv, x16, xn, dxn, g16
 
 
-def test_bf16_screen_nan_bounds_are_rescored_exactly():
+@pytest.mark.parametrize("levels", [(32, 16), (37, 21)])  # (37, 21): the vector paths' masked tails
+def test_bf16_screen_nan_bounds_are_rescored_exactly(levels):
     # A bf16 score that is NaN or overflows brackets nothing: that codeword (or, when every lower bound is NaN,
     # every codeword) must be rescored, never silently dropped.
     from hermes._backend import _C
 
-    model = make_model(64, (32, 16), "l2", "orthogonal")
+    model = make_model(64, levels, "l2", "orthogonal")
     x = unit_rows(200, 64, seed=9)
     t = model._host_tables()
     tab, inv, x16, xn, dxn, g16 = _screen_inputs(model, x)

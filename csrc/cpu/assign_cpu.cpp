@@ -263,6 +263,23 @@ __attribute__((target("avx512f"))) float tree16(__m512 v) {
   return t[0];
 }
 
+// bar_value on 16-lane vectors: vmaxps(v, m) is v > m ? v : m, so a NaN v keeps m, as in bar_value (which GCC
+// leaves scalar); the lanes hold no NaN, so their max is exact in any order.
+__attribute__((target("avx512f"))) float bar_value_avx512(const float* v, int n) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  int k = 0;
+  for (; k + 16 <= n; k += 16) m = _mm512_max_ps(_mm512_loadu_ps(v + k), m);
+  if (k < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - k)) - 1u);
+    m = _mm512_mask_max_ps(m, tail, _mm512_maskz_loadu_ps(tail, v + k), m);
+  }
+  alignas(64) float t[16];
+  _mm512_store_ps(t, m);
+  float r = t[0];
+  for (int j = 1; j < 16; ++j) r = t[j] > r ? t[j] : r;
+  return r;
+}
+
 // core::is_candidate(hi, bar) is !(hi < bar): _CMP_NLT_UQ (true for NaN).
 __attribute__((target("avx512f"))) int select_candidates_avx512(const float* __restrict hi, int K, float bar,
                                                                  int32_t* __restrict cand) {
@@ -349,6 +366,13 @@ bool use_avx512() {
 
 namespace {
 
+float bar_of(const float* lo, int K) {
+#ifdef HERMES_AVX512_PATHS
+  if (use_avx512()) return bar_value_avx512(lo, K);
+#endif
+  return bar_value(lo, K);
+}
+
 int select_candidates(const float* hi, int K, float bar, int32_t* cand) {
 #ifdef HERMES_AVX512_PATHS
   if (use_avx512()) return select_candidates_avx512(hi, K, bar, cand);
@@ -397,7 +421,7 @@ int64_t screened_row(const uint16_t* gr, LazyRow& xr, const core::Tables& t,
       lo[k] = NAN;
       hi[k] = -INFINITY;
     }
-    const float bar = bar_value(lo, K);
+    const float bar = bar_of(lo, K);
     int n = select_candidates(hi, K, bar, cand);
     if (bar == -INFINITY && !shadowed[l].empty()) {
       int m = 0;
