@@ -54,14 +54,14 @@ class _RemoteMixin:
         info = self.path.info()
         return [int(info.size or 0), int(info.mtime_ns or 0)]
 
-    def fingerprint(self) -> str:
-        import hashlib
+    def fingerprint(self, like: str | None = None) -> str:
+        from .readers import content_hasher
 
-        h = hashlib.sha256()
+        h, prefix = content_hasher(like)
         with self.path.fs.open_input_stream(self.path.key) as f:
             while block := f.read(8 << 20):
                 h.update(block)
-        return h.hexdigest()[:32]
+        return prefix + h.hexdigest()[:32]
 
 
 class RemoteParquetShard(_RemoteMixin, ParquetShard):

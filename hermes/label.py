@@ -231,7 +231,8 @@ def label(inputs, model, out_dir, *, column: str = "embedding", tensor: str | No
         source = s.source
         meta, rows = _read_meta(out) if out.exists() else (None, -1)
         known = meta.get("source_stat") == s.identity() and meta.get("source") == source if meta else False
-        src_fp = meta["source_fingerprint"] if known and meta.get("source_fingerprint") else s.fingerprint()
+        src_fp = meta["source_fingerprint"] if known and meta.get("source_fingerprint") else \
+            s.fingerprint(like=meta.get("source_fingerprint") if meta else None)
         entry = {"source": source, "source_fingerprint": src_fp, "output": out.name, "rows": int(s.n)}
         entries.append(entry)
         if meta is not None and not overwrite:

@@ -30,6 +30,22 @@ SUFFIXES = (".npy", ".safetensors", ".parquet")
 DEFAULT_BATCH = 65536
 
 
+FINGERPRINT_PREFIX = "b3-"
+
+
+def content_hasher(like: str | None = None):
+    """(hash object, prefix) of the content fingerprint: BLAKE3 (0.16 s per 410 MB here against 0.29 s for
+    SHA-256, which every labeling run pays before its first row); SHA-256 with no prefix where ``like`` is a
+    fingerprint recorded by hermes before BLAKE3 (32 hex digits), so a rerun still recognizes those inputs."""
+    if like is not None and not like.startswith(FINGERPRINT_PREFIX):
+        import hashlib
+
+        return hashlib.sha256(), ""
+    import blake3
+
+    return blake3.blake3(), FINGERPRINT_PREFIX
+
+
 class Shard:
     """One input shard: ``n`` rows of dimension ``d``; ``batches(bs)`` yields (row0, float array [b, d]).
 
@@ -56,18 +72,17 @@ class Shard:
         st = os.stat(self.path)
         return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
 
-    def fingerprint(self) -> str:
-        """The content fingerprint the label writer records: SHA-256 of the file's bytes (32 hex digits), so a
-        rerun recognizes its inputs by content, never by file name."""
-        import hashlib
-
+    def fingerprint(self, like: str | None = None) -> str:
+        """The content fingerprint the label writer records, so a rerun recognizes its inputs by content, never
+        by file name: ``"b3-"`` + the first 32 hex digits of the BLAKE3 hash of the file's bytes (see
+        :func:`content_hasher`; ``like``: a recorded fingerprint to compare with)."""
         buf = bytearray(1 << 20)  # one reused buffer: hashing a shard adds nothing to the resident memory
         view = memoryview(buf)
-        h = hashlib.sha256()
+        h, prefix = content_hasher(like)
         with open(self.path, "rb", buffering=0) as f:
             while n := f.readinto(buf):
                 h.update(view[:n])
-        return h.hexdigest()[:32]
+        return prefix + h.hexdigest()[:32]
 
     def close(self) -> None:
         pass

@@ -12,6 +12,7 @@ import os
 import shutil
 import warnings
 
+import blake3
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -58,7 +59,9 @@ def assert_honest(out, m):
         src = np.load(e["source"])
         np.testing.assert_array_equal(codes_of(out / e["output"]), hermes.assign_codes(src, m))
         with open(e["source"], "rb") as f:
-            assert hashlib.sha256(f.read()).hexdigest()[:32] == e["source_fingerprint"]
+            data = f.read()
+        assert e["source_fingerprint"] in ("b3-" + blake3.blake3(data).hexdigest()[:32],
+                                           hashlib.sha256(data).hexdigest()[:32])  # the latter: older outputs
     L.read_labels(out)  # and the reader accepts it
 
 
@@ -194,4 +197,27 @@ def test_labels_without_a_source_fingerprint_are_relabeled(tree):
         warnings.simplefilter("always")
         rep = L.label(tree / "data" / "a.npy", m, out, progress=False)
     assert rep.labeled == ["a.parquet"] and any("stale" in str(x.message) for x in w)
+    assert_honest(out, m)
+
+
+def test_outputs_fingerprinted_with_sha256_are_still_recognized(tree):
+    """hermes before BLAKE3 recorded SHA-256 fingerprints: a rerun compares with SHA-256 and skips the finished
+    output even after the source's stat changed (touched, copied back), and relabels it when the content did."""
+    out, m = tree / "o", model()
+    src = tree / "data" / "a.npy"
+    L.label(src, m, out, progress=False)
+    t = pq.read_table(out / "a.parquet")
+    meta = json.loads(t.schema.metadata[b"hermes"])
+    assert meta["source_fingerprint"].startswith("b3-")
+    meta["source_fingerprint"] = hashlib.sha256(src.read_bytes()).hexdigest()[:32]  # as an older hermes wrote it
+    pq.write_table(t.replace_schema_metadata({"hermes": json.dumps(meta)}), out / "a.parquet")
+    os.utime(src, ns=(0, 12345))  # the stat no longer matches: the content decides
+    rep = L.label(src, m, out, progress=False)
+    assert rep.skipped == ["a.parquet"] and rep.labeled == []
+    np.save(src, emb(30, 7))  # new content: relabeled (recorded with SHA-256, the hash it was compared with)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        rep = L.label(src, m, out, progress=False)
+    assert rep.labeled == ["a.parquet"] and any("stale" in str(x.message) for x in w)
+    assert manifest(out)["shards"][0]["source_fingerprint"] == hashlib.sha256(src.read_bytes()).hexdigest()[:32]
     assert_honest(out, m)
