@@ -442,8 +442,8 @@ def report_streaming(stream, codes, levels=None, *, labels=None, k: int | None =
         ranges = []
     else:
         info.update(passes=len(ranges), slots=n_slots)
-    with tqdm(total=m * len(ranges), unit="rows", unit_scale=True, desc="stats", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with tqdm(total=m * len(ranges), unit="rows", unit_scale=True, desc="stats", disable=not progress or not ranges,
+              dynamic_ncols=True) as bar:  # no ranges: the bucket-sorted pass above did the work, with its own bar
         for p, (s0, s1) in enumerate(ranges):
             acc = torch.zeros((s1 - s0, d), dtype=torch.float64)
             for lo, x in stream.blocks(block, keep):
