@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import clustered_unit_vectors, print_table, timeit  # noqa: E402
+from common import clustered_unit_vectors, hermes_origin, print_table, timeit  # noqa: E402
 
 import hermes  # noqa: E402
 import hermes.reference  # noqa: E402
@@ -268,7 +268,7 @@ def main():
                    help="trained: per-stage k-means (default); sampled: residual rows (degenerate, see make_model)")
     p.add_argument("--cuda-n", type=int, nargs="+", default=[1_000_000, 10_000_000])
     args = p.parse_args()
-    print(f"hermes {hermes.__version__}; build: cuda={hermes.build_info()['cuda']} "
+    print(f"{hermes_origin()}; build: cuda={hermes.build_info()['cuda']} "
           f"archs={hermes.build_info()['cuda_architectures']}")
     if args.device == "cuda":
         if not hermes.cuda_available():

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_assign import _cpu_flags, _cpu_name, make_model  # noqa: E402
-from common import clustered_unit_vectors, print_table, timeit  # noqa: E402
+from common import clustered_unit_vectors, hermes_origin, print_table, timeit  # noqa: E402
 
 import hermes  # noqa: E402
 from hermes import assign as A  # noqa: E402
@@ -42,6 +42,7 @@ def main():
     nt = A._nthreads()
     flags = _cpu_flags()
     isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    print(f"# {hermes_origin()}")
     print(f"CPU: {_cpu_name()}; flags: {', '.join(isa)}; threads {nt}; hermes screen SIMD "
           f"{hermes.build_info()['cpu_screen_simd']}; auto takes the "
           f"{'bf16 screen' if A._cpu_has_fast_bf16() else 'fp32 path'}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import clustered_unit_vectors, print_table  # noqa: E402
+from common import clustered_unit_vectors, hermes_origin, print_table  # noqa: E402
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -215,6 +215,7 @@ def main():
         files = {k: v for k, v in files.items() if any(s in k for s in args.formats.split(","))}
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    print(f"# {hermes_origin()}")
     print(f"# {cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; rows={args.rows:,} "
           f"d={args.d}, levels {args.levels} ({args.codebooks} codebooks); best of {args.repeats}")
 

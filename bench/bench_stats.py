@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import clustered_unit_vectors, timeit  # noqa: E402
+from common import clustered_unit_vectors, hermes_origin, timeit  # noqa: E402
 
 
 def _hermes(*args) -> list:
@@ -59,7 +59,7 @@ def main():
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--extra", default="", help="extra `hermes stats` arguments, e.g. '--sample 200000'")
     a = ap.parse_args()
-    root = Path(a.dir)
+    root = Path(a.dir).resolve()  # the children run in root (below), so they import the hermes this script did
     root.mkdir(parents=True, exist_ok=True)
     emb = root / f"emb_{a.n}x{a.d}.f16.npy"
     if not emb.exists():
@@ -77,19 +77,20 @@ def main():
     model = root / f"rvq_{a.d}.safetensors"
     if not model.exists():
         subprocess.run(_hermes("fit", emb, "--out", model, "--method", "residual_kmeans", "--sample", "20000", "--no-progress"),
-                       check=True, env=_env())
+                       check=True, env=_env(), cwd=root)
     labels = root / "labels"
     if not (labels / "manifest.json").exists():
         t = time.perf_counter()
-        subprocess.run(_hermes("label", "--model", model, "--out", labels, emb, "--no-progress"), check=True, env=_env())
+        subprocess.run(_hermes("label", "--model", model, "--out", labels, emb, "--no-progress"), check=True, env=_env(), cwd=root)
         print(f"labeled in {time.perf_counter() - t:.0f} s")
     cmd = ["/usr/bin/time", "-v"] + _hermes("stats", labels, "--embeddings", emb, "--queries", a.queries,
                                             "--no-progress") + a.extra.split()
+    print(f"# {hermes_origin()}")
     print("$ hermes", " ".join(cmd[5:]))
     from hermes.assign import _cpu_has_fast_bf16
     bf16 = _cpu_has_fast_bf16()  # hermes stats screens the search with a bf16 GEMM (float32 neighbours)
     rate0 = _rates(a.queries, a.d, bf16)
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=root)
     rates = {k: max(v, w) for (k, v), w in zip(rate0.items(), _rates(a.queries, a.d, bf16).values())}
     print(r.stdout)
     if r.returncode:

@@ -46,3 +46,13 @@ def print_table(rows, headers):
     print("-" * len(line))
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
+
+
+def hermes_origin() -> str:
+    """Which hermes a bench measures: ``python bench/X.py`` puts bench/ first on sys.path, so it imports the
+    installed package, not this checkout (set PYTHONPATH=. after a dev build to measure the source tree)."""
+    import os
+
+    import hermes
+
+    return f"hermes {hermes.__version__} from {os.path.dirname(os.path.abspath(hermes.__file__))}"
