@@ -72,6 +72,20 @@ def label_columns(codes: np.ndarray, levels, row0: int = 0) -> dict:
     return cols
 
 
+def _label_table(codes: np.ndarray, levels, row0: int, schema):
+    """One batch's labels as a pyarrow Table of ``schema``, built on the numpy columns' own buffers
+    (``pa.Table.from_pydict`` and ``pa.array`` import pandas on first use: 0.4 s of every labeling process)."""
+    import pyarrow as pa
+
+    cols = label_columns(codes, levels, row0)
+    arrays = []
+    for f in schema:  # every labels column is a signed integer (row, codes, bucket ids)
+        assert pa.types.is_signed_integer(f.type), f
+        a = np.ascontiguousarray(cols[f.name], dtype=np.dtype(f"int{f.type.bit_width}"))
+        arrays.append(pa.Array.from_buffers(f.type, len(a), [None, pa.py_buffer(a)]))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def _schema(levels, meta: dict):
     import pyarrow as pa
     from .buckets import depth_name
@@ -445,7 +459,7 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                     raise ValueError(f"{fn}: {s.path}: row {rows + int(m.group(1))}{m.group(2)}") from None
                 raise ValueError(f"{fn}: {s.path}: {msg}") from None
             lo, codes = item
-            writer.write_table(pa.Table.from_pydict(label_columns(codes, model.levels, lo), schema=schema))
+            writer.write_table(_label_table(codes, model.levels, lo, schema))
             rows += codes.shape[0]
             bar.update(codes.shape[0])
             _on_batch_written(str(s.path), rows)
