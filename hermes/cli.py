@@ -296,6 +296,31 @@ def _check_fit_outputs(inputs, out, checkpoint_dir) -> None:
 
 
 # ---------------------------------------------------------------------------------------- label
+def _label_arrow_pool() -> None:
+    """For this `hermes label` process: pyarrow's jemalloc pool, returning freed pages to the OS after 100 ms.
+
+    Decoding parquet allocates every batch afresh, and with pyarrow's default pool (mimalloc) each batch faulted
+    in fresh pages. Measured on this project's 2-core VM with `hermes label` on 200k x 1024 rows, 8,8,8 model:
+    - fixed_size_list<float16>, 1 row group: 50.7k -> 74-80k rows/s, peak RSS 1.21 -> 1.03 GB;
+    - the same with 16k-row groups: 94.6k -> 111-114k rows/s, 0.97 -> 0.77 GB;
+    - list<float32>, 1 row group: 29.2k -> 45k rows/s, 1.67 -> 1.44 GB.
+    Never purging (decay -1) was as fast and held up to 1.68 GB. The CLI owns its process, so it may choose the
+    allocator; the library never changes it. HERMES_ARROW_POOL=default keeps pyarrow's own.
+    """
+    import os
+
+    if os.environ.get("HERMES_ARROW_POOL", "").lower() == "default":
+        return
+    import pyarrow as pa
+
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(100)
+    except NotImplementedError:  # a pyarrow built without jemalloc (ArrowNotImplementedError)
+        return
+    pa.set_memory_pool(pool)
+
+
 @main.command("label", short_help="Label embedding shards (alias: assign).")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--model", "-m", "model_path", required=True, type=click.Path(dir_okay=False),
@@ -328,6 +353,8 @@ def label_cmd(inputs, model_path, out, column, tensor, batch_size, device, overw
     """
     from .label import label
 
+    if engine == "local":
+        _label_arrow_pool()
     ray_opts = dict(address=address, concurrency=concurrency, num_cpus_per_worker=num_cpus_per_worker,
                     num_gpus_per_worker=num_gpus_per_worker)
     if engine == "local" and any(ray_opts[k] is not None for k in ("address", "concurrency")):

@@ -267,3 +267,24 @@ def test_cli_end_to_end_on_real_data(run, tmp_path, real_embeddings):
     assert 0.3 < float(l1[4]) < 1.0  # centroid cosine of real, clustered embeddings
     run("mix", "lab", "--budget", "500", "--stage1", "proportional", "--out", "s.parquet")
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 500
+
+
+def test_label_process_uses_jemalloc_with_purging(tmp_path):
+    # `hermes label` picks pyarrow's jemalloc pool for its own process (parquet batches reuse freed pages);
+    # HERMES_ARROW_POOL=default keeps pyarrow's. Checked in child processes: the pool is process-global.
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("this pyarrow has no jemalloc pool")
+    code = ("from hermes.cli import _label_arrow_pool; _label_arrow_pool(); import pyarrow as pa; "
+            "print(pa.default_memory_pool().backend_name)")
+    out = {}
+    for mode in ("", "default"):
+        env = child_env()
+        env["HERMES_ARROW_POOL"] = mode
+        out[mode] = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                                   text=True, cwd=tmp_path).stdout.strip()
+    assert out[""] == "jemalloc"
+    assert out["default"] == subprocess.run([sys.executable, "-c", "import pyarrow as pa; "
+                                             "print(pa.default_memory_pool().backend_name)"],
+                                            capture_output=True, text=True, check=True).stdout.strip()
