@@ -268,7 +268,9 @@ __attribute__((target("avx512f"))) float tree16(__m512 v) {
 __attribute__((target("avx512f"))) float bar_value_avx512(const float* v, int n) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   int k = 0;
-  for (; k + 16 <= n; k += 16) m = _mm512_max_ps(_mm512_loadu_ps(v + k), m);
+  // The masked form with an all-ones mask: GCC 12's _mm512_max_ps passes _mm512_undefined_ps(), which trips
+  // -Wmaybe-uninitialized at -O2.
+  for (; k + 16 <= n; k += 16) m = _mm512_mask_max_ps(m, static_cast<__mmask16>(0xffff), _mm512_loadu_ps(v + k), m);
   if (k < n) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (n - k)) - 1u);
     m = _mm512_mask_max_ps(m, tail, _mm512_maskz_loadu_ps(tail, v + k), m);
