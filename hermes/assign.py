@@ -39,11 +39,11 @@ def _progress(total: int, enabled, desc: str):
 
 
 def _cpu_source(fn: str, x):
-    """Returns (get_batch(lo, hi) -> float32 C-contiguous numpy, N, get_half) without copying the whole input.
+    """Returns (get_batch(lo, hi) -> float32 C-contiguous numpy, N, get_raw) without copying the whole input.
 
     A batch is valid until the next get_batch call (float16 input is converted into one reused buffer).
-    get_half(lo, hi) -> the float16 rows as they are (C-contiguous), for the bf16 screen, which reads float16
-    itself; None for other dtypes.
+    get_raw(lo, hi) -> float16 / bfloat16 rows as they are (C-contiguous), for the bf16 screen, which converts
+    them row by row itself; None for float32 and float64 input.
     """
     if is_torch(x):
         import torch
@@ -59,7 +59,7 @@ def _cpu_source(fn: str, x):
                     tscratch[:] = [torch.empty((hi - lo,) + tuple(x.shape[1:]), dtype=torch.float32)]
                 return tscratch[0][:hi - lo].copy_(x[lo:hi]).numpy()
 
-            return get_bf16, x.shape[0], None
+            return get_bf16, x.shape[0], (lambda lo, hi: x[lo:hi].contiguous())
     if x.dtype == np.float16:  # the C++ conversion is several times faster than numpy's
         nt = _nthreads()
         scratch = []  # one float32 buffer reused by every batch (fresh pages per batch cost page faults)
@@ -241,7 +241,7 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
                            "says this torch/CPU does not; use precision='fp32' or 'auto'")
     screen = t.folded and (precision == "bf16" or (precision == "auto" and _cpu_has_fast_bf16()))
     tab, M16 = _exec_tables(model, "cpu", screen)
-    get, N, get_half = _cpu_source(fn, x)
+    get, N, get_raw = _cpu_source(fn, x)
     L, nt, d = model.L, _nthreads(), model.d
     codes = np.zeros((N, L), dtype=np.int32)
     B = min(batch_size, max(N, 1))
@@ -258,8 +258,8 @@ def _assign_cpu(fn, x, model: Model, batch_size, progress, precision="auto"):
         for lo in range(0, N, batch_size):
             hi = min(N, lo + batch_size)
             cb, inv_s = codes[lo:hi], inv_buf[:hi - lo]
-            # float16 rows go to the screen as they are (converted row by row in C++, no float32 copy)
-            xb = get_half(lo, hi) if screen and get_half is not None else get(lo, hi)
+            # float16 / bfloat16 rows go to the screen as they are (converted row by row in C++, no float32 copy)
+            xb = get_raw(lo, hi) if screen and get_raw is not None else get(lo, hi)
             if t.folded and screen:
                 x16, xn, dxn = x16_buf[:hi - lo], xn_buf[:hi - lo], dxn_buf[:hi - lo]
                 _C.norms_split(xb, tab, inv_s, x16, xn, dxn, nthreads=nt)
