@@ -41,8 +41,10 @@ def build_info() -> dict:
     ``compiler``, ``openmp`` (the extension was compiled with OpenMP: never; see ``cpu_threads``), ``blas`` (the BLAS behind the CPU GEMM,
     which is torch's), ``cpu_threads`` (how the CPU executor parallelizes: on the OpenMP team of the runtime torch loaded,
     through the GOMP ABI, or on ``std::thread`` when none is loaded or ``HERMES_CPU_THREADS=std``), ``cpu_screen_simd`` (``"avx512"``
-    when the bf16 screen's candidate selection and rescoring use AVX-512 on this CPU, else ``"generic"``;
-    ``HERMES_CPU_ISA=generic`` in the environment forces the portable code), ``pybind11``.
+    when the bf16 screen's candidate selection and rescoring use AVX-512 on this CPU, else ``"generic"``),
+    ``cpu_half_convert`` (how float16 input becomes float32: ``"avx512"``, ``"f16c"`` or ``"scalar"``), ``pybind11``.
+    ``HERMES_CPU_ISA=generic`` in the environment forces the portable code everywhere, ``HERMES_CPU_ISA=avx2`` turns
+    the AVX-512 paths off only.
     """
     import torch  # noqa: F401  (loads torch's OpenMP runtime first, so cpu_threads reports the team used)
 

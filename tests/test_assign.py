@@ -537,3 +537,45 @@ def test_cpu_screen_reads_float16_rows_as_their_float32_values():
     np.testing.assert_array_equal(hermes.assign_codes(x16, model, precision="bf16"),
                                   hermes.assign_codes(x32, model, precision="bf16"))
     check_codes(x32, model, hermes.assign_codes(x16, model, precision="bf16"))
+
+
+@pytest.mark.parametrize("isa", ["", "avx2", "generic"])
+def test_half_conversion_is_exact_on_every_path(tmp_path, isa):
+    # float16 input is converted by AVX-512, F16C or scalar code (build_info()["cpu_half_convert"]); each must give
+    # numpy's float32 for every one of the 65,536 half values (NaN as NaN), at unaligned starts and odd lengths
+    # that leave vector tails. HERMES_CPU_ISA picks the path in a child process.
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    script = """
+import sys, numpy as np, hermes
+from hermes._backend import _C
+info = hermes.build_info()
+bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+want = bits.view(np.float16).astype(np.float32)
+for start, n in ((0, 1 << 16), (1, (1 << 16) - 1), (3, 1000), (7, 9), (5, 15)):
+    h = np.ascontiguousarray(bits[start:start + n])
+    out = np.full(n, 123.0, np.float32)
+    _C.f16_to_f32_cpu(h.view(np.int16), out, 2)
+    w = want[start:start + n]
+    nan = np.isnan(w)
+    assert (np.isnan(out) == nan).all(), (start, n)
+    assert (out[~nan].view(np.uint32) == w[~nan].view(np.uint32)).all(), (start, n)
+print(info["cpu_half_convert"])
+"""
+    env = child_env()
+    env.pop("HERMES_CPU_ISA", None)
+    if isa:
+        env["HERMES_CPU_ISA"] = isa
+    r = subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=tmp_path, capture_output=True,
+                       text=True)
+    path = r.stdout.strip().splitlines()[-1]
+    flags = open("/proc/cpuinfo").read()
+    if isa == "generic" or " f16c" not in flags:
+        assert path == "scalar"
+    elif isa == "avx2" or " avx512f" not in flags:
+        assert path == "f16c"
+    else:
+        assert path == "avx512"

@@ -36,6 +36,7 @@ void bind_info(py::module_& m) {
 #endif
     d["cpu_threads"] = hermes::cpu::thread_pool() + ", torch.get_num_threads() threads over rows";
     d["cpu_screen_simd"] = std::string(hermes::cpu::use_avx512() ? "avx512" : "generic");
+    d["cpu_half_convert"] = hermes::cpu::half_convert();
     d["pybind11"] = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) + "." +
                     std::to_string(PYBIND11_VERSION_PATCH);
     return d;

@@ -31,9 +31,13 @@ void run_sums(const float* rows, int64_t d, const int64_t* starts, const int64_t
 // failed read, or 0.
 int64_t pread_rows(int fd, const int64_t* offsets, int64_t n, int64_t row_bytes, char* out, int* err, int nthreads);
 
-// Whether the screen's AVX-512 paths (candidate selection, four-way rescoring) run: the CPU has AVX-512F
-// and HERMES_CPU_ISA is not "generic". Fixed at the first call.
+// Whether the AVX-512 paths (the screen's candidate selection and four-way rescoring, the half conversion) run:
+// the CPU has AVX-512F and HERMES_CPU_ISA is neither "generic" nor "avx2". Fixed at the first call.
 bool use_avx512();
+
+// How float16 input is converted: "avx512" (16 per instruction), "f16c" (8; AVX + F16C, HERMES_CPU_ISA=avx2 or a
+// CPU without AVX-512) or "scalar" (HERMES_CPU_ISA=generic, or neither). Fixed at the first call.
+std::string half_convert();
 
 // What the row loops run on: the OpenMP team of the runtime torch already loaded (libgomp or Intel's, through
 // the GOMP ABI; hermes links none of its own), or std::thread when none is loaded or HERMES_CPU_THREADS=std.
