@@ -444,7 +444,16 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                           for lo, xb in batches)
         else:
             codes_iter = assign_codes_pipelined(batches, model, device, batch_size, model.d)
-        rows = 0
+        rows, pending = 0, []  # rows labeled; codes not yet written (readers may yield batches smaller than
+        #                        batch_size: they are written batch_size rows to a row group, as before)
+
+        def flush():
+            lo0 = pending[0][0]
+            codes = pending[0][1] if len(pending) == 1 else np.concatenate([c for _, c in pending])
+            pending.clear()
+            writer.write_table(_label_table(codes, model.levels, lo0, schema))
+            _on_batch_written(str(s.path), lo0 + codes.shape[0])
+
         while True:
             try:
                 item = next(codes_iter)
@@ -459,10 +468,13 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                     raise ValueError(f"{fn}: {s.path}: row {rows + int(m.group(1))}{m.group(2)}") from None
                 raise ValueError(f"{fn}: {s.path}: {msg}") from None
             lo, codes = item
-            writer.write_table(_label_table(codes, model.levels, lo, schema))
+            pending.append((lo, codes))
             rows += codes.shape[0]
             bar.update(codes.shape[0])
-            _on_batch_written(str(s.path), rows)
+            if sum(c.shape[0] for _, c in pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
         if rows != s.n:
             raise ValueError(f"{fn}: {s.path} yielded {rows} rows, expected {s.n} (truncated?)")
         writer.close()

@@ -120,6 +120,32 @@ def test_batches_bound_memory(tmp_path, monkeypatch):
     assert max(seen) <= 64 and sum(seen) == 300  # parquet record batches also stop at row groups (64)
 
 
+def test_parquet_stream_decodes_small_batches_and_writes_batch_size_row_groups(tmp_path, monkeypatch):
+    """A one-row-group parquet file is decoded in record batches of PARQUET_STREAM_BYTES (so the decode overlaps
+    the assignment), smaller than batch_size; the labels are still written batch_size rows (or a little more)
+    to a row group, and equal assign_codes."""
+    import hermes.assign as A
+    import hermes.readers as R
+
+    seen = []
+    real = A.assign_codes
+    monkeypatch.setattr(A, "assign_codes", lambda x, m, **kw: seen.append(x.shape[0]) or real(x, m, **kw))
+    monkeypatch.setattr(R, "PARQUET_STREAM_BYTES", 4 * D * 7)  # 7 float32 rows
+    x = embeddings(300)
+    src = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), D)}), src,
+                   row_group_size=1000)
+    model = tiny_model()
+    L.label(src, model, tmp_path / "out", batch_size=50, progress=False)
+    assert max(seen) == 7 and sum(seen) == 300
+    md = pq.ParquetFile(tmp_path / "out" / "one.parquet").metadata
+    groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    assert sum(groups) == 300 and all(50 <= g < 57 for g in groups[:-1]) and 0 < groups[-1] < 57, groups
+    lab = L.read_labels(tmp_path / "out")
+    np.testing.assert_array_equal(lab.rows, np.arange(300))
+    np.testing.assert_array_equal(lab.codes, real(x, model))
+
+
 def test_manifest_rerun_and_directories(tmp_path):
     model = tiny_model()
     shards = tmp_path / "shards"

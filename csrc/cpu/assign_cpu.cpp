@@ -139,9 +139,9 @@ __attribute__((target("avx,f16c"))) void half_to_float_f16c(const _Float16* in, 
 
 void half_to_float(const _Float16* in, int64_t n, float* out) {
 #ifdef HERMES_AVX512_PATHS
-  static const std::string path = half_convert();
-  if (path == "avx512") return half_to_float_avx512(in, n, out);
-  if (path == "f16c") return half_to_float_f16c(in, n, out);
+  static const int path = half_convert() == "avx512" ? 2 : half_convert() == "f16c" ? 1 : 0;
+  if (path == 2) return half_to_float_avx512(in, n, out);
+  if (path == 1) return half_to_float_f16c(in, n, out);
 #endif
   half_to_float_scalar(in, n, out);
 }
@@ -433,9 +433,9 @@ void rescore(const float* x, const float* rows, int64_t d, const int32_t* cand, 
 }
 
 // The screen reads g16 (the GEMM's output, 1.5 KB a row at 3 x 256, tens of MB a batch: out of cache) one row
-// at a time with a row's worth of work between the reads, which the hardware prefetchers do not run ahead
-// of: half the screen's time went to waiting for g16 (Zen 4, perf). So each row prefetches the row
-// kScreenAhead rows on.
+// at a time with a row's worth of work between the reads; perf put most of bracket_scores' samples on the g16
+// load. So each row prefetches the row kScreenAhead rows on (Zen 4, interleaved A/B: about 10% off the
+// screen's median time; prefetching x's rows as well, for the rescoring, was slower).
 constexpr int64_t kScreenAhead = 2;
 
 inline void prefetch_bytes(const void* p, int64_t bytes) {
