@@ -113,7 +113,9 @@ void parallel_rows(int64_t n, int nthreads, F&& fn) {
 
 // IEEE half -> float (exact). GCC 12 does not vectorize _Float16 conversions (its x86-64-v3/v4 clones convert
 // one element per vcvtph2ps), so the vector forms below are written out: 16 (AVX-512F) or 8 (F16C) per
-// instruction, 7x faster on Zen 4. This scalar loop is the portable fallback and does the tails.
+// instruction, 7x faster on Zen 4. This scalar loop is the portable fallback and does the tails; its x86-64-v3/v4
+// clones convert one element per vcvtph2ps (the default clone calls libgcc's software conversion, 10x slower).
+HERMES_CPU_CLONES
 void half_to_float_scalar(const _Float16* in, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
 }
