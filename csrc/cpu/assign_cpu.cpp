@@ -268,6 +268,44 @@ HERMES_CPU_CLONES void bracket_scores(const uint16_t* __restrict g16, int K, con
                   hi[k]);
 }
 
+// bracket_scores with the corrections summed in the same loop, in core::correction's order (0, + T_0[c_0, k],
+// + T_1[c_1, k]), for a level with kPrev (0, 1 or 2) earlier levels whose tables t0, t1 are all present: no corr
+// array written and read back. The candidates' corrections are recomputed by core::correction (the same sums).
+template <int kMetric, int kPrev>
+HERMES_CPU_CLONES void bracket_scores_corr(const uint16_t* __restrict g16, int K, const float* __restrict mn,
+                                           const float* __restrict dn, const float* __restrict beta,
+                                           const float* __restrict t0, const float* __restrict t1,
+                                           const float* __restrict cterm, core::Bound e, float inv_s,
+                                           float* __restrict lo, float* __restrict hi) {
+  for (int k = 0; k < K; ++k) {
+    float corr = 0.0f;
+    if (kPrev >= 1) corr = core::add(corr, t0[k]);
+    if (kPrev >= 2) corr = core::add(corr, t1[k]);
+    core::bracket(core::bf16_to_float(g16[k]), mn[k], dn[k], beta[k], corr, cterm[k], e, inv_s, kMetric, lo[k],
+                  hi[k]);
+  }
+}
+
+template <int kMetric>
+void level_brackets(const core::LevelParams& p, const uint16_t* g16, const float* mn, const float* dn,
+                    const int32_t* code_row, core::Bound e, float inv_s, float* corr, bool& have_corr, float* lo,
+                    float* hi) {
+  const int K = p.K;
+  auto row_of = [&](int j) { return p.T[j] + static_cast<int64_t>(code_row[j]) * K; };
+  have_corr = false;
+  if (p.level == 0) {
+    bracket_scores_corr<kMetric, 0>(g16, K, mn, dn, p.beta, nullptr, nullptr, p.cterm, e, inv_s, lo, hi);
+  } else if (p.level == 1 && p.T[0] != nullptr) {
+    bracket_scores_corr<kMetric, 1>(g16, K, mn, dn, p.beta, row_of(0), nullptr, p.cterm, e, inv_s, lo, hi);
+  } else if (p.level == 2 && p.T[0] != nullptr && p.T[1] != nullptr) {
+    bracket_scores_corr<kMetric, 2>(g16, K, mn, dn, p.beta, row_of(0), row_of(1), p.cterm, e, inv_s, lo, hi);
+  } else {
+    corrections(p, code_row, corr);
+    have_corr = true;
+    bracket_scores<kMetric>(g16, K, mn, dn, p.beta, corr, p.cterm, e, inv_s, lo, hi);
+  }
+}
+
 // cand gets every k with core::is_candidate(hi[k], bar), in increasing k; returns how many. cand has room for
 // K + 16 (the vector path stores whole compressed vectors: compress-to-memory is microcoded and slow on Zen 4).
 int select_candidates_generic(const float* __restrict hi, int K, float bar, int32_t* __restrict cand) {
@@ -468,13 +506,13 @@ int64_t screened_row(const uint16_t* gr, LazyRow& xr, const core::Tables& t,
     const core::LevelParams& p = t.p[l];
     const int64_t off = t.offset[l];
     const int K = p.K;
-    corrections(p, code_row, corr);
+    bool have_corr;
     if (p.metric == core::kL2)
-      bracket_scores<core::kL2>(gr + off, K, t.m16_norm + off, t.dm_norm + off, p.beta, corr, p.cterm, e, inv_s,
+      level_brackets<core::kL2>(p, gr + off, t.m16_norm + off, t.dm_norm + off, code_row, e, inv_s, corr, have_corr,
                                 lo, hi);
     else
-      bracket_scores<core::kCos>(gr + off, K, t.m16_norm + off, t.dm_norm + off, p.beta, corr, p.cterm, e, inv_s,
-                                 lo, hi);
+      level_brackets<core::kCos>(p, gr + off, t.m16_norm + off, t.dm_norm + off, code_row, e, inv_s, corr,
+                                 have_corr, lo, hi);
     for (int32_t k : shadowed[l]) {  // never the bar, never a candidate (unless the bar is -inf: filtered below)
       lo[k] = NAN;
       hi[k] = -INFINITY;
@@ -495,8 +533,9 @@ int64_t screened_row(const uint16_t* gr, LazyRow& xr, const core::Tables& t,
     auto rescore_into = [&](const int32_t* c, int count) {  // exact fp32 scores of codewords c[0..count)
       rescore(xr.get(), t.mt + off * t.d, t.d, c, count, gbuf);
       for (int i = 0; i < count; ++i)
-        core::best_update(best, core::score_from_parts(gbuf[i], p.beta[c[i]], inv_s, corr[c[i]], p.cterm[c[i]],
-                                                       p.metric), c[i]);
+        core::best_update(best, core::score_from_parts(gbuf[i], p.beta[c[i]], inv_s,
+                                                       have_corr ? corr[c[i]] : core::correction(p, code_row, c[i]),
+                                                       p.cterm[c[i]], p.metric), c[i]);
       rescored += count;
     };
     int32_t k0 = -1;  // the lowest index holding the bar (NaN lo never equals it)
