@@ -444,13 +444,16 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                           for lo, xb in batches)
         else:
             codes_iter = assign_codes_pipelined(batches, model, device, batch_size, model.d)
-        rows, pending = 0, []  # rows labeled; codes not yet written (readers may yield batches smaller than
-        #                        batch_size: they are written batch_size rows to a row group, as before)
+        # rows labeled; codes not yet written (readers may yield batches smaller than batch_size: they are written
+        # batch_size rows to a row group, as before)
+        rows, pending, npending = 0, [], 0
 
         def flush():
+            nonlocal npending
             lo0 = pending[0][0]
             codes = pending[0][1] if len(pending) == 1 else np.concatenate([c for _, c in pending])
             pending.clear()
+            npending = 0
             writer.write_table(_label_table(codes, model.levels, lo0, schema))
             _on_batch_written(str(s.path), lo0 + codes.shape[0])
 
@@ -469,9 +472,10 @@ def _label_shard(fn, s: Shard, model: Model, out: Path, meta: dict, batch_size: 
                 raise ValueError(f"{fn}: {s.path}: {msg}") from None
             lo, codes = item
             pending.append((lo, codes))
+            npending += codes.shape[0]
             rows += codes.shape[0]
             bar.update(codes.shape[0])
-            if sum(c.shape[0] for _, c in pending) >= batch_size:
+            if npending >= batch_size:
                 flush()
         if pending:
             flush()
